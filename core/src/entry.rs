@@ -1,0 +1,152 @@
+//! A cached `'use cache'` entry: Next's metadata plus the serialized RSC bytes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// `INFINITE_CACHE` in Next (`dist/lib/constants.js`): an `expire` meaning "never".
+pub const INFINITE_CACHE_SECONDS: f64 = 4_294_967_294.0;
+
+/// Bytes charged per entry on top of key, value and tags (the `Entry` struct, `Arc`s, the
+/// moka node and hash slot), so that a flood of tiny entries is bounded too.
+pub const ENTRY_OVERHEAD_BYTES: usize = 160;
+
+/// Next's metadata of an entry (`CacheEntry` minus `value`). Times in ms, lifetimes in seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryMeta {
+    /// The entry's tags (soft tags are never among them).
+    pub tags: Vec<String>,
+    /// Client stale time [s].
+    pub stale: f64,
+    /// Creation time [ms since epoch, float], on the clock of the instance that rendered it.
+    pub timestamp: f64,
+    /// Hard expiry [s] after `timestamp`; `0` = dynamic (never stored).
+    pub expire: f64,
+    /// Revalidation period [s] after `timestamp`.
+    pub revalidate: f64,
+}
+
+impl EntryMeta {
+    /// Checks the values Next could never send, so garbage does not enter the cache.
+    pub fn validate(&self) -> Result<()> {
+        if !self.timestamp.is_finite() || self.timestamp < 0.0 {
+            return Err(Error::invalid_arg(
+                "entry.timestamp",
+                "must be a finite, non-negative number of ms since the epoch",
+            ));
+        }
+        for (name, v) in [
+            ("entry.stale", self.stale),
+            ("entry.expire", self.expire),
+            ("entry.revalidate", self.revalidate),
+        ] {
+            if !v.is_finite() {
+                return Err(Error::invalid_arg(
+                    name,
+                    "must be a finite number of seconds",
+                ));
+            }
+        }
+        if self.expire < 0.0 {
+            return Err(Error::invalid_arg("entry.expire", "must not be negative"));
+        }
+        Ok(())
+    }
+
+    /// When the entry stops being servable at all [ms since epoch].
+    pub fn expires_at_ms(&self) -> f64 {
+        self.timestamp + self.expire * 1000.0
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An entry held in L1. Immutable once built; replaced as a whole on `set`.
+#[derive(Debug)]
+pub struct Entry {
+    /// Unique per entry object (never reused), so the binding can attach per-entry state.
+    pub id: u64,
+    /// Next's cache key (opaque UTF-8).
+    pub key: Arc<str>,
+    /// The serialized value, owned by Rust (refcounted: JS views share it without copying).
+    pub value: Bytes,
+    /// Next's metadata.
+    pub meta: EntryMeta,
+}
+
+impl Entry {
+    /// Builds an entry with a fresh id.
+    pub fn new(key: Arc<str>, value: Bytes, meta: EntryMeta) -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key,
+            value,
+            meta,
+        }
+    }
+
+    /// Bytes this entry is charged in L1: value + key + tags + fixed overhead.
+    pub fn weight(&self) -> usize {
+        let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
+        self.value
+            .len()
+            .saturating_add(self.key.len())
+            .saturating_add(tags)
+            .saturating_add(ENTRY_OVERHEAD_BYTES)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            tags: vec!["a".into()],
+            stale: 300.0,
+            timestamp: 1_795_357_925_414.61,
+            expire: INFINITE_CACHE_SECONDS,
+            revalidate: 900.0,
+        }
+    }
+
+    #[test]
+    fn validate_accepts_next_values_and_rejects_garbage() {
+        assert!(meta().validate().is_ok());
+        let mut m = meta();
+        m.timestamp = f64::NAN;
+        assert_eq!(m.validate().unwrap_err().code(), "STRATA_INVALID_ARG");
+        let mut m = meta();
+        m.expire = -1.0;
+        assert!(m.validate().is_err());
+        let mut m = meta();
+        m.revalidate = f64::INFINITY;
+        assert!(m.validate().is_err());
+        let mut m = meta();
+        m.revalidate = -1.0; // a handler may hand back -1; accepting it on set is harmless
+        assert!(m.validate().is_ok());
+    }
+
+    #[test]
+    fn weight_counts_value_key_tags_and_overhead() {
+        let e = Entry::new(
+            Arc::from("k".repeat(10)),
+            Bytes::from(vec![0u8; 100]),
+            meta(),
+        );
+        assert_eq!(e.weight(), 100 + 10 + (1 + 24) + ENTRY_OVERHEAD_BYTES);
+        let e2 = Entry::new(Arc::from("k"), Bytes::new(), meta());
+        assert_ne!(e.id, e2.id);
+    }
+
+    #[test]
+    fn infinite_expire_does_not_overflow() {
+        let m = meta();
+        assert!(m.expires_at_ms().is_finite());
+        assert!(m.expires_at_ms() > m.timestamp + 1e12);
+    }
+}

@@ -1,0 +1,17 @@
+//! strata-core: the pure-Rust core of strata-cache.
+//!
+//! Everything that decides anything lives here (tag rules, expiry, the byte-bounded L1, the
+//! Redis L2, the stored envelope, the breaker); the napi binding in `../src` only translates.
+
+pub mod breaker;
+pub mod clock;
+pub mod config;
+pub mod entry;
+pub mod envelope;
+pub mod error;
+pub mod l1;
+pub mod metrics;
+pub mod store;
+pub mod tags;
+
+pub use error::{Error, Result};

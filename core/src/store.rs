@@ -1,0 +1,396 @@
+//! The `'use cache'` store: L1 plus tag state, applying Next's rules on every read.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::entry::{Entry, EntryMeta};
+use crate::error::Result;
+use crate::l1::{RemovalHook, L1};
+use crate::metrics::Metrics;
+use crate::tags::{Durations, TagManifest, TagVerdict};
+
+/// Result of a read.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// Nothing servable.
+    Miss,
+    /// A servable entry; `stale_by_tag` = return it with `revalidate: -1`.
+    Hit {
+        /// The entry.
+        entry: Arc<Entry>,
+        /// A tag was marked stale after the entry was created.
+        stale_by_tag: bool,
+    },
+}
+
+/// What `set` did with an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    /// Stored in L1.
+    Stored,
+    /// `expire == 0`: a dynamic entry Next regenerates on every read; not stored (as the
+    /// built-in handler does in production).
+    SkippedDynamic,
+    /// Already past `timestamp + expire`: storing it would only serve misses.
+    AlreadyExpired,
+    /// Larger than the whole L1: not stored.
+    TooLarge,
+}
+
+/// A snapshot of the store's counters and sizes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Entries in L1.
+    pub entries: u64,
+    /// Bytes charged in L1.
+    pub bytes: u64,
+    /// The L1 bound.
+    pub max_bytes: u64,
+    /// L1 hits.
+    pub hits: u64,
+    /// L1 misses.
+    pub misses: u64,
+    /// Entries stored.
+    pub sets: u64,
+    /// Entries evicted for size.
+    pub evictions: u64,
+    /// Dynamic (`expire == 0`) entries skipped.
+    pub skipped_dynamic: u64,
+    /// Entries refused because larger than L1.
+    pub rejected_too_large: u64,
+    /// Hits served stale because of a tag.
+    pub stale_by_tag: u64,
+    /// Misses because a tag expired the entry.
+    pub expired_by_tag: u64,
+    /// Tags invalidated.
+    pub tags_updated: u64,
+    /// Tag records held.
+    pub tag_records: u64,
+}
+
+/// The process-wide store.
+pub struct Store {
+    l1: L1,
+    tags: RwLock<TagManifest>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    warned_too_large: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("l1", &self.l1).finish()
+    }
+}
+
+impl Store {
+    /// A store for `config`, reading time from `clock`; `on_removal` sees every entry id that
+    /// leaves L1.
+    pub fn new(config: &Config, clock: SharedClock, on_removal: Option<RemovalHook>) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        Self {
+            l1: L1::new(
+                config.l1_max_bytes,
+                Arc::clone(&clock),
+                Arc::clone(&metrics),
+                on_removal,
+            ),
+            tags: RwLock::new(TagManifest::new(
+                usize::try_from(config.max_tags).unwrap_or(usize::MAX),
+            )),
+            clock,
+            metrics,
+            warned_too_large: AtomicBool::new(false),
+        }
+    }
+
+    /// The store's clock.
+    pub fn now_ms(&self) -> f64 {
+        self.clock.now_ms()
+    }
+
+    /// `get(cacheKey)`: the entry if servable now, applying expiry and tag rules.
+    pub fn get(&self, key: &str) -> Lookup {
+        let Some(entry) = self.l1.get(key) else {
+            Metrics::inc(&self.metrics.l1_misses);
+            return Lookup::Miss;
+        };
+        let now = self.clock.now_ms();
+        if now > entry.meta.expires_at_ms() {
+            self.l1.remove_if_id(key, entry.id);
+            Metrics::inc(&self.metrics.l1_misses);
+            return Lookup::Miss;
+        }
+        let verdict = self
+            .tags
+            .read()
+            .verdict(&entry.meta.tags, entry.meta.timestamp, now);
+        match verdict {
+            TagVerdict::Expired => {
+                // Nothing can make this entry servable again: free its memory now.
+                self.l1.remove_if_id(key, entry.id);
+                Metrics::inc(&self.metrics.expired_by_tag);
+                Metrics::inc(&self.metrics.l1_misses);
+                Lookup::Miss
+            }
+            TagVerdict::Stale => {
+                Metrics::inc(&self.metrics.stale_by_tag);
+                Metrics::inc(&self.metrics.l1_hits);
+                Lookup::Hit {
+                    entry,
+                    stale_by_tag: true,
+                }
+            }
+            TagVerdict::Fresh => {
+                Metrics::inc(&self.metrics.l1_hits);
+                Lookup::Hit {
+                    entry,
+                    stale_by_tag: false,
+                }
+            }
+        }
+    }
+
+    /// `set(cacheKey, entry)` once the value's bytes are complete.
+    pub fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetOutcome> {
+        meta.validate()?;
+        if meta.expire == 0.0 {
+            Metrics::inc(&self.metrics.skipped_dynamic);
+            return Ok(SetOutcome::SkippedDynamic);
+        }
+        if self.clock.now_ms() > meta.expires_at_ms() {
+            return Ok(SetOutcome::AlreadyExpired);
+        }
+        let entry = Entry::new(Arc::from(key), value, meta);
+        if !self.l1.fits(entry.weight()) {
+            Metrics::inc(&self.metrics.rejected_too_large);
+            // Any older value under this key is now outdated: do not keep serving it.
+            self.l1.remove(key);
+            return Ok(SetOutcome::TooLarge);
+        }
+        self.l1.insert(Arc::new(entry));
+        Metrics::inc(&self.metrics.l1_sets);
+        Ok(SetOutcome::Stored)
+    }
+
+    /// True exactly once per process: the first time an entry was too large (warn once).
+    pub fn first_too_large(&self) -> bool {
+        !self.warned_too_large.swap(true, Ordering::Relaxed)
+    }
+
+    /// `updateTags(tags, durations)`.
+    pub fn update_tags<S: AsRef<str>>(&self, tags: &[S], durations: Option<Durations>) {
+        let now = self.clock.now_ms();
+        self.tags.write().update(tags, durations, now);
+        Metrics::add(&self.metrics.tags_updated, tags.len() as u64);
+    }
+
+    /// `getExpiration(tags)`.
+    pub fn get_expiration<S: AsRef<str>>(&self, tags: &[S]) -> f64 {
+        self.tags.read().expiration(tags, self.clock.now_ms())
+    }
+
+    /// Counters and sizes (runs pending L1 maintenance first so sizes are exact).
+    pub fn stats(&self) -> Stats {
+        self.l1.run_pending_tasks();
+        let m = &self.metrics;
+        Stats {
+            entries: self.l1.entry_count(),
+            bytes: self.l1.weighted_size(),
+            max_bytes: self.l1.max_bytes(),
+            hits: Metrics::read(&m.l1_hits),
+            misses: Metrics::read(&m.l1_misses),
+            sets: Metrics::read(&m.l1_sets),
+            evictions: Metrics::read(&m.l1_evictions),
+            skipped_dynamic: Metrics::read(&m.skipped_dynamic),
+            rejected_too_large: Metrics::read(&m.rejected_too_large),
+            stale_by_tag: Metrics::read(&m.stale_by_tag),
+            expired_by_tag: Metrics::read(&m.expired_by_tag),
+            tags_updated: Metrics::read(&m.tags_updated),
+            tag_records: self.tags.read().len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::config::Options;
+    use crate::entry::INFINITE_CACHE_SECONDS;
+
+    const T0: f64 = 1_795_357_925_414.610_8;
+
+    fn store(max_bytes: u64) -> (Store, ManualClock) {
+        let clock = ManualClock::new(T0);
+        let config = Options {
+            l1_max_bytes: Some(max_bytes),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        (Store::new(&config, Arc::new(clock.clone()), None), clock)
+    }
+
+    fn meta(tags: &[&str], timestamp: f64, revalidate: f64, expire: f64) -> EntryMeta {
+        EntryMeta {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            stale: 300.0,
+            timestamp,
+            expire,
+            revalidate,
+        }
+    }
+
+    fn bytes(n: usize) -> Bytes {
+        Bytes::from(vec![7u8; n])
+    }
+
+    fn hit(l: Lookup) -> (Arc<Entry>, bool) {
+        match l {
+            Lookup::Hit {
+                entry,
+                stale_by_tag,
+            } => (entry, stale_by_tag),
+            Lookup::Miss => panic!("expected a hit"),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let (s, _) = store(1 << 20);
+        let m = meta(&["a", "b"], T0, 900.0, INFINITE_CACHE_SECONDS);
+        assert_eq!(
+            s.set("k", bytes(10), m.clone()).unwrap(),
+            SetOutcome::Stored
+        );
+        let (e, stale) = hit(s.get("k"));
+        assert!(!stale);
+        assert_eq!(e.meta, m);
+        assert_eq!(e.value.len(), 10);
+        assert!(matches!(s.get("other"), Lookup::Miss));
+    }
+
+    #[test]
+    fn expiry_is_timestamp_plus_expire() {
+        let (s, clock) = store(1 << 20);
+        s.set("k", bytes(1), meta(&[], T0, 1.0, 60.0)).unwrap();
+        // Past revalidate but within expire: still served (Next does SWR itself).
+        clock.advance(30_000.0);
+        hit(s.get("k"));
+        clock.advance(30_000.0);
+        hit(s.get("k"));
+        clock.advance(1.0);
+        assert!(matches!(s.get("k"), Lookup::Miss));
+    }
+
+    #[test]
+    fn dynamic_and_already_expired_entries_are_not_stored() {
+        let (s, _) = store(1 << 20);
+        assert_eq!(
+            s.set("k", bytes(1), meta(&[], T0, 0.0, 0.0)).unwrap(),
+            SetOutcome::SkippedDynamic
+        );
+        assert_eq!(
+            s.set("k", bytes(1), meta(&[], T0 - 120_000.0, 1.0, 60.0))
+                .unwrap(),
+            SetOutcome::AlreadyExpired
+        );
+        assert!(matches!(s.get("k"), Lookup::Miss));
+    }
+
+    #[test]
+    fn tag_invalidation_rules() {
+        let (s, clock) = store(1 << 20);
+        s.set("k", bytes(1), meta(&["t"], T0, 900.0, 3600.0))
+            .unwrap();
+        clock.advance(5.0);
+        s.update_tags(&["t"], Some(Durations { expire: Some(60.0) }));
+        let (_, stale) = hit(s.get("k"));
+        assert!(
+            stale,
+            "a tag marked stale serves the entry once with revalidate -1"
+        );
+        // A regenerated entry (newer timestamp) is fresh.
+        clock.advance(5.0);
+        s.set("k", bytes(2), meta(&["t"], clock.now_ms(), 900.0, 3600.0))
+            .unwrap();
+        assert!(!hit(s.get("k")).1);
+        // Immediate expiry.
+        clock.advance(5.0);
+        s.update_tags(&["t"], None);
+        assert!(matches!(s.get("k"), Lookup::Miss));
+        assert_eq!(s.stats().expired_by_tag, 1);
+    }
+
+    #[test]
+    fn get_expiration_over_soft_tags() {
+        let (s, clock) = store(1 << 20);
+        assert_eq!(s.get_expiration(&["_N_T_/", "_N_T_/index"]), 0.0);
+        clock.advance(10.0);
+        s.update_tags(&["_N_T_/index"], None);
+        assert_eq!(s.get_expiration(&["_N_T_/", "_N_T_/index"]), T0 + 10.0);
+    }
+
+    #[test]
+    fn byte_bound_evicts_and_stays_bounded() {
+        let max = 1 << 20; // 1 MiB
+        let (s, _) = store(max);
+        for i in 0..100 {
+            s.set(
+                &format!("k{i}"),
+                bytes(64 * 1024),
+                meta(&[], T0, 900.0, 3600.0),
+            )
+            .unwrap();
+        }
+        let st = s.stats();
+        assert!(st.bytes <= max, "bytes {} > {}", st.bytes, max);
+        assert!(
+            st.entries < 100 && st.entries >= 10,
+            "entries {}",
+            st.entries
+        );
+        assert!(st.evictions > 0);
+        // LRU: the most recent entry is there.
+        hit(s.get("k99"));
+    }
+
+    #[test]
+    fn oversized_values_are_refused_and_replace_nothing() {
+        let (s, _) = store(1024);
+        s.set("k", bytes(10), meta(&[], T0, 900.0, 3600.0)).unwrap();
+        assert_eq!(
+            s.set("k", bytes(4096), meta(&[], T0, 900.0, 3600.0))
+                .unwrap(),
+            SetOutcome::TooLarge
+        );
+        assert!(s.first_too_large());
+        assert!(!s.first_too_large());
+        // The older, smaller value for the key must not be served instead of the new one.
+        assert!(matches!(s.get("k"), Lookup::Miss));
+    }
+
+    #[test]
+    fn invalid_metadata_is_a_typed_error() {
+        let (s, _) = store(1024);
+        let err = s
+            .set("k", bytes(1), meta(&[], f64::NAN, 1.0, 1.0))
+            .unwrap_err();
+        assert_eq!(err.code(), "STRATA_INVALID_ARG");
+    }
+
+    #[test]
+    fn huge_keys_and_empty_values() {
+        let (s, _) = store(8 << 20);
+        let key = "x".repeat(1 << 20);
+        s.set(&key, bytes(0), meta(&[], T0, 1.0, 10.0)).unwrap();
+        assert_eq!(hit(s.get(&key)).0.value.len(), 0);
+    }
+}

@@ -1,0 +1,356 @@
+'use strict'
+/**
+ * strata-cache: a Next.js 16 cache handler with a Rust core.
+ *
+ * This file is the hand-written JS surface: the handler object Next expects for
+ * `cacheHandlers` ('use cache'), argument checks with clear errors, and the web-stream glue.
+ * Every rule (expiry, tags, the byte bound) lives in Rust (`core/`), reached through the
+ * generated loader `binding.js`.
+ */
+
+const native = require('./binding.js')
+
+const LOG_LEVELS = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 }
+
+/** An error with a stable `code` (`STRATA_INVALID_ARG`, `STRATA_CONFIG`, `STRATA_INTERNAL`, ...). */
+class StrataError extends Error {
+  constructor(code, message, options) {
+    super(message, options)
+    this.name = 'StrataError'
+    this.code = code
+  }
+}
+
+function toStrataError(err) {
+  if (err instanceof StrataError) return err
+  const code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
+  const message = err && err.message ? err.message : String(err)
+  return new StrataError(code, message, { cause: err })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process-wide state. The store lives in Rust and is shared by every handler object this
+// process creates; these are the JS-side pieces that must be shared with it.
+
+const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
+/** cacheKey -> promise of the `set` in flight (a `get` of that key waits for it). */
+const pendingSets = new Map()
+const warned = new Set()
+let resolved = null
+
+function logLevel() {
+  const level = (process.env.STRATA_LOG || 'warn').toLowerCase()
+  return LOG_LEVELS[level] ?? LOG_LEVELS.warn
+}
+
+function log(level, message, err) {
+  if (LOG_LEVELS[level] > logLevel()) return
+  const line = `strata-cache: ${message}${err ? `: ${err.message || err}` : ''}`
+  if (level === 'error') console.error(line)
+  else if (level === 'warn') console.warn(line)
+  else console.log(line)
+}
+
+/** Logs a message the first time `id` is seen in this process. */
+function logOnce(level, id, message, err) {
+  if (warned.has(id)) return
+  warned.add(id)
+  log(level, message, err)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const OPTION_CHECKS = {
+  l1MaxBytes: (v) => Number.isSafeInteger(v) && v >= 1 ? null : 'a positive whole number of bytes',
+  maxTags: (v) => Number.isSafeInteger(v) && v >= 1 ? null : 'a positive whole number',
+  redis: (v) => typeof v === 'string' && v.length > 0 ? null : 'a redis:// URL string',
+  namespace: (v) => typeof v === 'string' && v.length > 0 ? null : 'a non-empty string',
+}
+
+function validateOptions(options) {
+  if (options === undefined || options === null) return {}
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new StrataError('STRATA_CONFIG', `options must be an object, got ${describe(options)}`)
+  }
+  const out = {}
+  for (const [name, value] of Object.entries(options)) {
+    const check = OPTION_CHECKS[name]
+    if (!check) {
+      throw new StrataError('STRATA_CONFIG', `unknown option \`${name}\` (known: ${Object.keys(OPTION_CHECKS).join(', ')})`)
+    }
+    if (value === undefined) continue
+    const expected = check(value)
+    if (expected) {
+      throw new StrataError('STRATA_CONFIG', `invalid option \`${name}\`: expected ${expected}, got ${describe(value)}`)
+    }
+    out[name] = value
+  }
+  return out
+}
+
+function describe(v) {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`
+  if (typeof v === 'number') return `number ${v}`
+  return typeof v
+}
+
+/** Creates the native store on first use (run time, never at import or `next build` config time). */
+function boot(options) {
+  if (resolved) return resolved
+  try {
+    resolved = native.init(options)
+  } catch (err) {
+    throw toStrataError(err)
+  }
+  log('debug', `initialised: L1 ${resolved.l1MaxBytes} bytes${resolved.redis ? `, redis ${resolved.redis}` : ' (embedded, L1 only)'}`)
+  return resolved
+}
+
+function bootWith(options) {
+  const first = !resolved
+  const cfg = boot(options)
+  if (!first && Object.keys(options).length > 0) {
+    // A second handler with its own options: the store is per process, so the first wins.
+    const again = native.init(options)
+    if (!again.applied) {
+      logOnce('warn', 'options-conflict', 'createUseCacheHandler() options differ from the store already created in this process; the first configuration is kept')
+    }
+  }
+  return cfg
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks (a wrong type from JS is a typed error, never a crash)
+
+function invalid(name, expected, got) {
+  return new StrataError('STRATA_INVALID_ARG', `invalid argument \`${name}\`: expected ${expected}, got ${describe(got)}`)
+}
+
+function checkTags(name, tags) {
+  if (!Array.isArray(tags)) throw invalid(name, 'an array of strings', tags)
+  for (const t of tags) {
+    if (typeof t !== 'string') throw invalid(name, 'an array of strings', t)
+  }
+  return tags
+}
+
+function checkNumber(name, v) {
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw invalid(name, 'a finite number', v)
+  return v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+
+/** A new, unlocked stream over `bytes` (the stored Buffer itself: no copy per hit). */
+function streamOf(bytes) {
+  return new ReadableStream({
+    start(controller) {
+      controller.enqueue(bytes)
+      controller.close()
+    },
+  })
+}
+
+/** Reads every chunk of a web stream; rejects if the stream errors. */
+async function readChunks(stream) {
+  if (!stream || typeof stream.getReader !== 'function') {
+    throw invalid('entry.value', 'a ReadableStream<Uint8Array>', stream)
+  }
+  const reader = stream.getReader()
+  const chunks = []
+  for (;;) {
+    const { done, value } = await reader.read()
+    if (done) break
+    if (!(value instanceof Uint8Array)) {
+      reader.cancel().catch(() => {})
+      throw invalid('entry.value chunk', 'a Uint8Array', value)
+    }
+    chunks.push(value)
+  }
+  return chunks
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 'use cache' handler
+
+/**
+ * Creates a handler for Next's `cacheHandlers` ('use cache' / 'use cache: remote').
+ * Options are checked now; the store is created when the handler is first used.
+ */
+function createUseCacheHandler(options) {
+  const opts = validateOptions(options)
+
+  return {
+    async get(cacheKey, softTags) {
+      calls.get++
+      try {
+        if (typeof cacheKey !== 'string') throw invalid('cacheKey', 'a string', cacheKey)
+        const pending = pendingSets.get(cacheKey)
+        if (pending !== undefined) await pending
+        bootWith(opts)
+        const hit = native.ucGet(cacheKey)
+        if (hit === null) return undefined
+        let entry = hit
+        let revalidate
+        if (Array.isArray(hit)) {
+          // A tag of the entry was marked stale after it was created: serve once, refresh.
+          entry = hit[0]
+          revalidate = -1
+        } else {
+          revalidate = entry.revalidate
+        }
+        return {
+          value: streamOf(entry.value),
+          tags: entry.tags.slice(),
+          stale: entry.stale,
+          timestamp: entry.timestamp,
+          expire: entry.expire,
+          revalidate,
+        }
+      } catch (err) {
+        // A failing get must never fail a render: it is a miss.
+        const e = toStrataError(err)
+        logOnce('warn', `get:${e.code}`, 'get failed and was treated as a miss', e)
+        return undefined
+      }
+    },
+
+    async set(cacheKey, pendingEntry) {
+      calls.set++
+      if (typeof cacheKey !== 'string') throw invalid('cacheKey', 'a string', cacheKey)
+      let release
+      const pending = new Promise((resolve) => { release = resolve })
+      pendingSets.set(cacheKey, pending)
+      try {
+        let entry
+        try {
+          entry = await pendingEntry
+        } catch (err) {
+          log('debug', `set(${cacheKey.slice(0, 80)}): the entry promise rejected; nothing stored`, err)
+          return
+        }
+        if (entry === null || typeof entry !== 'object') throw invalid('pendingEntry', 'a promise of a cache entry object', entry)
+        const tags = checkTags('entry.tags', entry.tags)
+        const stale = checkNumber('entry.stale', entry.stale)
+        const timestamp = checkNumber('entry.timestamp', entry.timestamp)
+        const expire = checkNumber('entry.expire', entry.expire)
+        const revalidate = checkNumber('entry.revalidate', entry.revalidate)
+        if (expire === 0) {
+          // Dynamic entry: Next regenerates it on every read, so storing it is wasted work
+          // (the built-in handler skips it too). Release the stream.
+          if (entry.value && typeof entry.value.cancel === 'function' && !entry.value.locked) {
+            entry.value.cancel().catch(() => {})
+          }
+          bootWith(opts)
+          native.ucSet(cacheKey, [], tags, stale, timestamp, expire, revalidate)
+          return
+        }
+        let chunks
+        try {
+          chunks = await readChunks(entry.value)
+        } catch (err) {
+          if (err instanceof StrataError) throw err
+          // The render errored mid-stream: partial data is never stored.
+          log('debug', `set(${cacheKey.slice(0, 80)}): the value stream errored; nothing stored`, err)
+          return
+        }
+        bootWith(opts)
+        let outcome
+        try {
+          outcome = native.ucSet(cacheKey, chunks.length === 1 ? chunks[0] : chunks, tags, stale, timestamp, expire, revalidate)
+        } catch (err) {
+          throw toStrataError(err)
+        }
+        if (outcome === 'too-large-first') {
+          const size = chunks.reduce((n, c) => n + c.byteLength, 0)
+          log('warn', `an entry of ${size} bytes is larger than the whole L1 (${resolved.l1MaxBytes} bytes) and was not stored; raise l1MaxBytes / STRATA_L1_MAX_BYTES (warned once)`)
+        }
+      } finally {
+        if (pendingSets.get(cacheKey) === pending) pendingSets.delete(cacheKey)
+        release()
+      }
+    },
+
+    async refreshTags() {
+      calls.refreshTags++
+      try {
+        bootWith(opts)
+      } catch (err) {
+        throw toStrataError(err)
+      }
+    },
+
+    async getExpiration(tags) {
+      calls.getExpiration++
+      checkTags('tags', tags)
+      try {
+        bootWith(opts)
+        return native.ucGetExpiration(tags)
+      } catch (err) {
+        throw toStrataError(err)
+      }
+    },
+
+    async updateTags(tags, durations) {
+      calls.updateTags++
+      checkTags('tags', tags)
+      let d = null
+      if (durations !== undefined && durations !== null) {
+        if (typeof durations !== 'object') throw invalid('durations', 'an object like { expire: seconds }', durations)
+        if (durations.expire !== undefined) {
+          if (typeof durations.expire !== 'number' || !(durations.expire >= 0)) {
+            throw invalid('durations.expire', 'a non-negative number of seconds', durations.expire)
+          }
+        }
+        d = { expire: durations.expire }
+      }
+      try {
+        bootWith(opts)
+        native.ucUpdateTags(tags, d)
+      } catch (err) {
+        throw toStrataError(err)
+      }
+    },
+  }
+}
+
+/** Counters of this process: handler calls and the native store. */
+function stats() {
+  const n = native.nativeStats()
+  return {
+    calls: { ...calls },
+    l1: n
+      ? {
+          entries: n.entries,
+          bytes: n.bytes,
+          maxBytes: n.maxBytes,
+          hits: n.hits,
+          misses: n.misses,
+          sets: n.sets,
+          evictions: n.evictions,
+          skippedDynamic: n.skippedDynamic,
+          rejectedTooLarge: n.rejectedTooLarge,
+          jsViews: n.jsViews,
+        }
+      : null,
+    tags: n
+      ? { updated: n.tagsUpdated, records: n.tagRecords, staleHits: n.staleByTag, expiredMisses: n.expiredByTag }
+      : null,
+  }
+}
+
+/** The configuration in effect (Redis URL redacted), or null before first use. */
+function config() {
+  return resolved ? { ...resolved } : null
+}
+
+module.exports = {
+  createUseCacheHandler,
+  stats,
+  config,
+  StrataError,
+}
