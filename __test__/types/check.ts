@@ -1,0 +1,27 @@
+// Type-level checks of index.d.ts, run by `tsc -p tsconfig.json` in `npm test`.
+import type { CacheHandler } from 'next/cache'
+import { createUseCacheHandler, stats, StrataError, type StrataOptions, type UseCacheHandler } from 'strata-cache'
+import useCache = require('strata-cache/use-cache')
+
+// Our handler satisfies Next 16.4's own CacheHandler type, both ways.
+const ours: CacheHandler = createUseCacheHandler({ l1MaxBytes: 1 << 20 })
+const back: UseCacheHandler = ours
+const fromModule: CacheHandler = useCache
+void back
+void fromModule
+
+const opts: StrataOptions = { l1MaxBytes: 64 * 1024 * 1024, maxTags: 10, redis: 'redis://127.0.0.1:6379', namespace: 'ns' }
+void opts
+
+// @ts-expect-error l1MaxBytes is a number
+createUseCacheHandler({ l1MaxBytes: '64MiB' })
+// @ts-expect-error unknown option
+createUseCacheHandler({ nope: true })
+
+const s = stats()
+const hits: number | undefined = s.l1?.hits
+void hits
+
+const e = new StrataError('STRATA_CONFIG', 'x')
+const code: 'STRATA_CONFIG' | 'STRATA_INVALID_ARG' | string = e.code
+void code

@@ -1,0 +1,118 @@
+/**
+ * strata-cache: a Next.js 16 cache handler with a Rust core.
+ *
+ * Use the ready-made handler in `next.config.ts`:
+ * ```ts
+ * cacheHandlers: {
+ *   default: require.resolve('strata-cache/use-cache'),
+ *   remote: require.resolve('strata-cache/use-cache'),
+ * }
+ * ```
+ * or build your own module whose default export is `createUseCacheHandler(options)`.
+ */
+
+/** A timestamp in milliseconds since the epoch (may be fractional). */
+export type Timestamp = number
+
+/** A `'use cache'` entry, as Next 16 passes it to `set` and expects it back from `get`. */
+export interface CacheEntry {
+  /** The serialized value (React Flight bytes). A new, unlocked stream on every `get`. */
+  value: ReadableStream<Uint8Array>
+  /** The entry's own tags (soft tags excluded). */
+  tags: string[]
+  /** Client stale time [seconds]. */
+  stale: number
+  /** Creation time [ms since epoch]. */
+  timestamp: Timestamp
+  /** Hard expiry [seconds after `timestamp`]; `0` = dynamic (not stored); 4294967294 = never. */
+  expire: number
+  /** Revalidation period [seconds]; `-1` from `get` when a tag was marked stale. */
+  revalidate: number
+}
+
+/** Next 16's `cacheHandlers` interface (`'use cache'`, `'use cache: remote'`). */
+export interface UseCacheHandler {
+  /** The entry, or `undefined` on a miss. Never rejects: a failure is a miss, logged once. */
+  get(cacheKey: string, softTags: string[]): Promise<undefined | CacheEntry>
+  /** Stores the entry once its stream has been read; a stream that errors stores nothing. */
+  set(cacheKey: string, pendingEntry: Promise<CacheEntry>): Promise<void>
+  /** Brings this instance's tag state up to date (called once per request before reads). */
+  refreshTags(): Promise<void>
+  /** The latest expiry [ms] among `tags` that has happened, or `0`. */
+  getExpiration(tags: string[]): Promise<Timestamp>
+  /** Invalidates `tags`: without `durations` at once, with `durations` stale now and expired after `durations.expire` seconds. */
+  updateTags(tags: string[], durations?: { expire?: number }): Promise<void>
+}
+
+/**
+ * Options of {@link createUseCacheHandler}. Each option falls back to its environment variable,
+ * read when the handler is first used (run time), then to its default.
+ */
+export interface StrataOptions {
+  /** Upper bound of the in-process L1 in bytes (values + keys + metadata). Env `STRATA_L1_MAX_BYTES` (accepts `64MiB`). Default 64 MiB. */
+  l1MaxBytes?: number
+  /** Upper bound of tag records kept in memory. Env `STRATA_MAX_TAGS`. Default 100000. */
+  maxTags?: number
+  /** Redis URL of the shared L2. Env `STRATA_REDIS_URL`, else `REDIS_URL`. Unset = embedded, L1 only. */
+  redis?: string
+  /** Key namespace. Env `STRATA_NAMESPACE`; else the deployment id or the app's build id. */
+  namespace?: string
+}
+
+/** Stable error codes carried by {@link StrataError}. */
+export type StrataErrorCode =
+  | 'STRATA_INVALID_ARG'
+  | 'STRATA_CONFIG'
+  | 'STRATA_TIMEOUT'
+  | 'STRATA_UNAVAILABLE'
+  | 'STRATA_REDIS'
+  | 'STRATA_INTERNAL'
+
+/** An error with a stable `code`. */
+export declare class StrataError extends Error {
+  constructor(code: StrataErrorCode, message: string, options?: { cause?: unknown })
+  readonly name: 'StrataError'
+  readonly code: StrataErrorCode
+}
+
+/**
+ * Creates a `'use cache'` handler. Options are validated now (a wrong type or value throws a
+ * `StrataError` with code `STRATA_CONFIG` naming the option); the process-wide store is created
+ * when a handler is first used. Every handler of a process shares one store: the first
+ * configuration wins.
+ */
+export declare function createUseCacheHandler(options?: StrataOptions): UseCacheHandler
+
+/** Process-wide counters. */
+export interface StrataStats {
+  /** Calls received from Next, per method. */
+  calls: { get: number; set: number; refreshTags: number; getExpiration: number; updateTags: number }
+  /** The in-process L1; `null` before the first use. */
+  l1: null | {
+    entries: number
+    bytes: number
+    maxBytes: number
+    hits: number
+    misses: number
+    sets: number
+    evictions: number
+    skippedDynamic: number
+    rejectedTooLarge: number
+    /** Stored entries currently shared with JS as zero-copy Buffers. */
+    jsViews: number
+  }
+  /** Tag invalidation state; `null` before the first use. */
+  tags: null | { updated: number; records: number; staleHits: number; expiredMisses: number }
+}
+
+/** Counters of this process (handler calls, L1 and tags). */
+export declare function stats(): StrataStats
+
+/** The configuration in effect, with the Redis URL redacted; `null` before the first use. */
+export declare function config(): null | {
+  l1MaxBytes: number
+  maxTags: number
+  redis?: string | null
+  namespace?: string | null
+  applied: boolean
+}
