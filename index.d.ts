@@ -55,8 +55,22 @@ export interface StrataOptions {
   maxTags?: number
   /** Redis URL of the shared L2. Env `STRATA_REDIS_URL`, else `REDIS_URL`. Unset = embedded, L1 only. */
   redis?: string
-  /** Key namespace. Env `STRATA_NAMESPACE`; else the deployment id or the app's build id. */
+  /** Key namespace. Env `STRATA_NAMESPACE`; else `NEXT_DEPLOYMENT_ID` or a platform's deployment id; else the app's `.next/BUILD_ID`. */
   namespace?: string
+  /** Cap on any entry's lifetime in L1 and Redis, and retention of tag records [s]. Env `STRATA_MAX_TTL_SECONDS`. Default 30 days. */
+  maxTtlSeconds?: number
+  /** Deadline of every Redis operation [ms]. Env `STRATA_REDIS_TIMEOUT_MS`. Default 250. */
+  redisTimeoutMs?: number
+  /** Largest value written to Redis; larger entries stay L1-only (warned once). Env `STRATA_L2_MAX_VALUE_BYTES`. Default 8 MiB. */
+  l2MaxValueBytes?: number
+  /** Values at least this large are LZ4-compressed in Redis; 0 = never. Env `STRATA_COMPRESS_MIN_BYTES`. Default 4 KiB. */
+  compressMinBytes?: number
+  /** Strict mode: `updateTags` rejects when Redis cannot record it, and nothing is served while the tag state cannot be refreshed. Env `STRATA_STRICT`. Default false. */
+  strict?: boolean
+  /** Treat `redis` (comma-separated seed URLs) as a Redis Cluster. Env `STRATA_REDIS_CLUSTER`. Default: true when several URLs are given. */
+  cluster?: boolean
+  /** The app's `.next` directory, where the build id is read. Default `<cwd>/.next`. */
+  distDir?: string
 }
 
 /** Stable error codes carried by {@link StrataError}. */
@@ -103,6 +117,26 @@ export interface StrataStats {
   }
   /** Tag invalidation state; `null` before the first use. */
   tags: null | { updated: number; records: number; staleHits: number; expiredMisses: number }
+  /** The Redis L2; `null` when not configured. */
+  l2: null | {
+    hits: number
+    misses: number
+    errors: number
+    decodeErrors: number
+    foreign: number
+    writes: number
+    writeErrors: number
+    tooLarge: number
+    invalidations: number
+    invalidationsQueued: number
+    invalidationsReplayed: number
+    invalidationsPending: number
+    refreshes: number
+    resyncs: number
+    dataLost: number
+    breaker: 'closed' | 'open' | 'half-open'
+    clockOffsetMs: number
+  }
 }
 
 /** Counters of this process (handler calls, L1 and tags). */
@@ -114,5 +148,11 @@ export declare function config(): null | {
   maxTags: number
   redis?: string | null
   namespace?: string | null
+  namespaceSource?: string | null
+  maxTtlSeconds: number
+  redisTimeoutMs: number
+  l2MaxValueBytes: number
+  compressMinBytes: number
+  strict: boolean
   applied: boolean
 }

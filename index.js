@@ -23,8 +23,14 @@ class StrataError extends Error {
 
 function toStrataError(err) {
   if (err instanceof StrataError) return err
-  const code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
-  const message = err && err.message ? err.message : String(err)
+  let message = err && err.message ? err.message : String(err)
+  let code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
+  // Async exports carry their code as a "[STRATA_…] " prefix of the message.
+  const m = /^\[(STRATA_[A-Z_]+)\] ([\s\S]*)$/.exec(message)
+  if (m) {
+    code = m[1]
+    message = m[2]
+  }
   return new StrataError(code, message, { cause: err })
 }
 
@@ -37,10 +43,11 @@ const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 
 const pendingSets = new Map()
 const warned = new Set()
 let resolved = null
+let l2 = false
 
 function logLevel() {
-  const level = (process.env.STRATA_LOG || 'warn').toLowerCase()
-  return LOG_LEVELS[level] ?? LOG_LEVELS.warn
+  const level = (process.env.STRATA_LOG || 'info').toLowerCase()
+  return LOG_LEVELS[level] ?? LOG_LEVELS.info
 }
 
 function log(level, message, err) {
@@ -66,6 +73,13 @@ const OPTION_CHECKS = {
   maxTags: (v) => Number.isSafeInteger(v) && v >= 1 ? null : 'a positive whole number',
   redis: (v) => typeof v === 'string' && v.length > 0 ? null : 'a redis:// URL string',
   namespace: (v) => typeof v === 'string' && v.length > 0 ? null : 'a non-empty string',
+  maxTtlSeconds: (v) => Number.isSafeInteger(v) && v >= 1 ? null : 'a positive whole number of seconds',
+  redisTimeoutMs: (v) => Number.isSafeInteger(v) && v >= 1 && v <= 60000 ? null : 'a whole number of ms between 1 and 60000',
+  l2MaxValueBytes: (v) => Number.isSafeInteger(v) && v >= 1 ? null : 'a positive whole number of bytes',
+  compressMinBytes: (v) => Number.isSafeInteger(v) && v >= 0 ? null : 'a whole number of bytes (0 = off)',
+  strict: (v) => typeof v === 'boolean' ? null : 'true or false',
+  cluster: (v) => typeof v === 'boolean' ? null : 'true or false',
+  distDir: (v) => typeof v === 'string' && v.length > 0 ? null : 'a directory path',
 }
 
 function validateOptions(options) {
@@ -100,12 +114,20 @@ function describe(v) {
 /** Creates the native store on first use (run time, never at import or `next build` config time). */
 function boot(options) {
   if (resolved) return resolved
+  // `next build` (static generation workers included) stays L1-only: the build machine's
+  // environment must not decide which deployment's Redis namespace gets written.
+  const buildPhase = process.env.NEXT_PHASE === 'phase-production-build'
   try {
-    resolved = native.init(options)
+    resolved = native.init({ ...options, buildPhase })
   } catch (err) {
     throw toStrataError(err)
   }
-  log('debug', `initialised: L1 ${resolved.l1MaxBytes} bytes${resolved.redis ? `, redis ${resolved.redis}` : ' (embedded, L1 only)'}`)
+  l2 = native.hasL2()
+  if (l2) {
+    log('info', `Redis L2 ${resolved.redis}, namespace "${resolved.namespace}" (from ${resolved.namespaceSource}), L1 ${resolved.l1MaxBytes} bytes`)
+  } else {
+    log('debug', `embedded L1 only (${resolved.l1MaxBytes} bytes)${buildPhase ? ', next build' : ''}`)
+  }
   return resolved
 }
 
@@ -192,7 +214,8 @@ function createUseCacheHandler(options) {
         const pending = pendingSets.get(cacheKey)
         if (pending !== undefined) await pending
         bootWith(opts)
-        const hit = native.ucGet(cacheKey)
+        let hit = native.ucGet(cacheKey)
+        if (hit === null && l2) hit = await native.ucGetRemote(cacheKey)
         if (hit === null) return undefined
         let entry = hit
         let revalidate
@@ -259,9 +282,21 @@ function createUseCacheHandler(options) {
           return
         }
         bootWith(opts)
+        const bytes = chunks.length === 1 ? chunks[0] : chunks
         let outcome
         try {
-          outcome = native.ucSet(cacheKey, chunks.length === 1 ? chunks[0] : chunks, tags, stale, timestamp, expire, revalidate)
+          if (l2) {
+            const r = await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            outcome = r.l1
+            if (r.l2 === 'too-large-first') {
+              const size = chunks.reduce((n, c) => n + c.byteLength, 0)
+              log('warn', `an entry of ${size} bytes is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
+            } else if (r.l2 === 'failed') {
+              logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
+            }
+          } else {
+            outcome = native.ucSet(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+          }
         } catch (err) {
           throw toStrataError(err)
         }
@@ -279,6 +314,7 @@ function createUseCacheHandler(options) {
       calls.refreshTags++
       try {
         bootWith(opts)
+        if (l2) await native.ucRefreshTags()
       } catch (err) {
         throw toStrataError(err)
       }
@@ -310,7 +346,8 @@ function createUseCacheHandler(options) {
       }
       try {
         bootWith(opts)
-        native.ucUpdateTags(tags, d)
+        if (l2) await native.ucUpdateTagsRemote(tags, d)
+        else native.ucUpdateTags(tags, d)
       } catch (err) {
         throw toStrataError(err)
       }
@@ -340,6 +377,7 @@ function stats() {
     tags: n
       ? { updated: n.tagsUpdated, records: n.tagRecords, staleHits: n.staleByTag, expiredMisses: n.expiredByTag }
       : null,
+    l2: n && n.l2 ? { ...n.l2 } : null,
   }
 }
 

@@ -24,6 +24,7 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use strata_core::entry::Entry;
+use strata_core::store::Lookup;
 
 use crate::{internal, JsResult};
 
@@ -352,4 +353,44 @@ unsafe fn build_object(
     set_number(env, obj, b"expire\0", entry.meta.expire)?;
     set_number(env, obj, b"revalidate\0", entry.meta.revalidate)?;
     Ok(obj)
+}
+
+/// `null`, the entry object, or `[entry]` (stale by tag) for a lookup.
+pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
+    match lookup {
+        Lookup::Miss => null(env),
+        Lookup::Hit {
+            entry,
+            stale_by_tag,
+        } => {
+            let obj = entry_object(env, &entry)?;
+            if stale_by_tag {
+                wrap_in_array(env, obj)
+            } else {
+                Ok(obj)
+            }
+        }
+    }
+}
+
+/// A lookup finished on the runtime, turned into JS on the main thread.
+pub struct LookupOut(pub Lookup);
+
+impl TypeName for LookupOut {
+    fn type_name() -> &'static str {
+        "unknown"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Unknown
+    }
+}
+
+impl ToNapiValue for LookupOut {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
+        let env = Env::from_raw(env);
+        release_pending(&env);
+        lookup_value(&env, val.0)
+            .map(|v| v.0)
+            .map_err(|e| Error::new(Status::GenericFailure, e.reason.clone()))
+    }
 }

@@ -1,22 +1,27 @@
 //! The napi binding of strata-cache: a thin translation layer over `strata-core`.
 //!
-//! Only `#[napi]` exports, argument conversion, error mapping and the zero-copy hand-off of
-//! stored bytes to JS live here; every rule lives in the core.
+//! Only `#[napi]` exports, argument conversion, error mapping, the tokio runtime and the
+//! zero-copy hand-off of stored bytes to JS live here; every rule lives in the core.
 
 mod js_entry;
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
-use strata_core::clock::SystemClock;
-use strata_core::config::{Config, Options};
+use strata_core::cache::{Cache, L2Write, SetReport, CLOCK_SYNC_INTERVAL};
+use strata_core::clock::{Clock, SharedClock, SystemClock};
+use strata_core::config::{redact_url, Config, Options};
 use strata_core::entry::EntryMeta;
-use strata_core::store::{Lookup, SetOutcome, Store};
+use strata_core::metrics::Metrics;
+use strata_core::namespace;
+use strata_core::store::SetOutcome;
 use strata_core::tags::Durations;
 
-use js_entry::{Chunks, RawValue};
+use js_entry::{Chunks, LookupOut, RawValue};
 
 /// A stable error code, surfaced in JS as `err.code`.
 #[derive(Debug, Clone, Copy)]
@@ -34,18 +39,47 @@ fn to_js(err: strata_core::Error) -> napi::Error<Code> {
     napi::Error::new(Code(err.code()), err.to_string())
 }
 
+/// For async exports (napi-rs rejects their promises with its own status type): the code is
+/// carried as a `[CODE] ` prefix of the message, which index.js turns back into `err.code`.
+fn to_js_async(err: strata_core::Error) -> napi::Error {
+    napi::Error::new(Status::GenericFailure, format!("[{}] {}", err.code(), err))
+}
+
+fn global_async() -> napi::Result<&'static Global> {
+    GLOBAL.get().ok_or_else(|| {
+        napi::Error::new(
+            Status::GenericFailure,
+            "[STRATA_INTERNAL] strata-cache used before init(); this is a bug in index.js",
+        )
+    })
+}
+
 fn internal(msg: impl Into<String>) -> napi::Error<Code> {
     napi::Error::new(Code("STRATA_INTERNAL"), msg.into())
 }
 
+#[napi_derive::module_init]
+fn init_runtime() {
+    // Redis I/O runs on a small runtime of our own (2 named workers), never on Node's thread.
+    if let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("strata-io")
+        .enable_all()
+        .build()
+    {
+        create_custom_tokio_runtime(rt);
+    }
+}
+
 struct Global {
-    store: Store,
+    cache: Arc<Cache>,
     config: Config,
+    namespace: Option<(String, String)>,
 }
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 
-fn global() -> Result<&'static Global, Code> {
+fn global() -> JsResult<&'static Global> {
     GLOBAL
         .get()
         .ok_or_else(|| internal("strata-cache used before init(); this is a bug in index.js"))
@@ -59,10 +93,28 @@ pub struct InitOptions {
     pub l1_max_bytes: Option<f64>,
     /// Bound on tag records in memory.
     pub max_tags: Option<f64>,
-    /// Redis URL.
+    /// Redis URL(s).
     pub redis: Option<String>,
     /// Namespace.
     pub namespace: Option<String>,
+    /// Cap on entry lifetimes and tag retention [s].
+    pub max_ttl_seconds: Option<f64>,
+    /// Deadline of one Redis operation [ms].
+    pub redis_timeout_ms: Option<f64>,
+    /// Largest value written to Redis.
+    pub l2_max_value_bytes: Option<f64>,
+    /// Compression threshold (0 = off).
+    pub compress_min_bytes: Option<f64>,
+    /// Strict mode.
+    pub strict: Option<bool>,
+    /// Redis Cluster.
+    pub cluster: Option<bool>,
+    /// The app's `.next` directory (for the build id); default `<cwd>/.next`.
+    pub dist_dir: Option<String>,
+    /// Set by index.js during `next build`: stay L1-only (no Redis at build time).
+    pub build_phase: Option<bool>,
+    /// Testing only: shifts this process's clock by this many ms.
+    pub clock_skew_ms: Option<f64>,
 }
 
 /// The configuration the process runs with (secrets redacted).
@@ -72,82 +124,178 @@ pub struct ResolvedConfig {
     pub l1_max_bytes: f64,
     /// Bound on tag records in memory.
     pub max_tags: f64,
-    /// Redis URL with credentials redacted, when configured.
+    /// Redis URL with credentials redacted, when L2 is on.
     pub redis: Option<String>,
-    /// Namespace, when given explicitly.
+    /// The namespace in use (with L2).
     pub namespace: Option<String>,
+    /// Where the namespace came from.
+    pub namespace_source: Option<String>,
+    /// Cap on entry lifetimes [s].
+    pub max_ttl_seconds: f64,
+    /// Deadline of one Redis operation [ms].
+    pub redis_timeout_ms: f64,
+    /// Largest value written to Redis.
+    pub l2_max_value_bytes: f64,
+    /// Compression threshold.
+    pub compress_min_bytes: f64,
+    /// Strict mode.
+    pub strict: bool,
     /// False when this call's options differ from the process's existing configuration (the
     /// first configuration wins: the store is per process).
     pub applied: bool,
 }
 
-fn whole(name: &'static str, v: Option<f64>) -> Result<Option<u64>, Code> {
+fn whole(name: &'static str, v: Option<f64>, allow_zero: bool) -> JsResult<Option<u64>> {
+    let min = if allow_zero { 0.0 } else { 1.0 };
     match v {
         None => Ok(None),
-        Some(x) if x.is_finite() && x >= 1.0 && x.fract() == 0.0 && x <= 9.0e15 => {
+        Some(x) if x.is_finite() && x >= min && x.fract() == 0.0 && x <= 9.0e15 => {
             Ok(Some(x as u64))
         }
         Some(x) => Err(to_js(strata_core::Error::config(
             name,
-            format!("expected a positive whole number, got {x}"),
+            format!("expected a whole number ≥ {min}, got {x}"),
         ))),
     }
 }
 
-fn describe(config: &Config, applied: bool) -> ResolvedConfig {
+fn describe(g: &Global, applied: bool) -> ResolvedConfig {
+    let c = &g.config;
+    let l2 = g.cache.has_l2();
     ResolvedConfig {
-        l1_max_bytes: config.l1_max_bytes as f64,
-        max_tags: config.max_tags as f64,
-        redis: config
-            .redis_url
-            .as_deref()
-            .map(strata_core::config::redact_url),
-        namespace: config.namespace.clone(),
+        l1_max_bytes: c.l1_max_bytes as f64,
+        max_tags: c.max_tags as f64,
+        redis: if l2 {
+            c.redis_url
+                .as_deref()
+                .map(|u| u.split(',').map(redact_url).collect::<Vec<_>>().join(","))
+        } else {
+            None
+        },
+        namespace: g.namespace.as_ref().map(|(n, _)| n.clone()),
+        namespace_source: g.namespace.as_ref().map(|(_, s)| s.clone()),
+        max_ttl_seconds: c.max_ttl_seconds as f64,
+        redis_timeout_ms: c.redis_timeout_ms as f64,
+        l2_max_value_bytes: c.l2_max_value_bytes as f64,
+        compress_min_bytes: c.compress_min_bytes as f64,
+        strict: c.strict,
         applied,
     }
 }
 
+#[derive(Debug)]
+struct SkewedClock(f64);
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> f64 {
+        SystemClock.now_ms() + self.0
+    }
+}
+
 /// Resolves the configuration (code options over environment variables over defaults) and
-/// creates the process-wide store on first call. Later calls return the existing configuration.
+/// creates the process-wide cache on first call. Later calls return the existing configuration.
 #[napi]
 pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
-    let options = options.unwrap_or_default();
+    let o = options.unwrap_or_default();
     let code = Options {
-        l1_max_bytes: whole("l1MaxBytes", options.l1_max_bytes)?,
-        max_tags: whole("maxTags", options.max_tags)?,
-        redis_url: options.redis,
-        namespace: options.namespace,
+        l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
+        max_tags: whole("maxTags", o.max_tags, false)?,
+        redis_url: o.redis,
+        namespace: o.namespace,
+        max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
+        redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
+        l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
+        compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
+        strict: o.strict,
+        cluster: o.cluster,
     };
     let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
-    let config = code.or(env).resolve().map_err(to_js)?;
+    let mut config = code.or(env).resolve().map_err(to_js)?;
+    if let Some(g) = GLOBAL.get() {
+        return Ok(describe(g, g.config == config));
+    }
+    if o.build_phase == Some(true) {
+        // `next build` runs in other processes, with the build machine's environment: nothing
+        // it would write belongs to a deployment yet (design notes §8).
+        config.redis_url = None;
+    }
+    let namespace = match &config.redis_url {
+        None => None,
+        Some(_) => {
+            let dist = o
+                .dist_dir
+                .map(PathBuf::from)
+                .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
+                .unwrap_or_else(|| PathBuf::from(".next"));
+            let (ns, source) = namespace::resolve(
+                config.namespace.as_deref(),
+                |k| std::env::var(k).ok(),
+                &dist,
+            )
+            .map_err(to_js)?;
+            Some((ns, source.to_string()))
+        }
+    };
+    let skew = match o.clock_skew_ms {
+        Some(s) if s.is_finite() => s,
+        _ => std::env::var("STRATA_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .unwrap_or(0.0),
+    };
+    let clock: SharedClock = if skew == 0.0 {
+        Arc::new(SystemClock)
+    } else {
+        Arc::new(SkewedClock(skew))
+    };
+    let cache = Cache::new(
+        &config,
+        clock,
+        Some(Arc::new(js_entry::on_entry_removed)),
+        namespace.as_ref().map(|(n, _)| n.clone()),
+    )
+    .map_err(to_js)?;
+    let cache = Arc::new(cache);
     let mut created = false;
     let g = GLOBAL.get_or_init(|| {
         created = true;
         install_panic_hook();
-        let store = Store::new(
-            &config,
-            Arc::new(SystemClock),
-            Some(Arc::new(js_entry::on_entry_removed)),
-        );
         Global {
-            store,
+            cache: Arc::clone(&cache),
             config: config.clone(),
+            namespace,
         }
     });
-    Ok(describe(&g.config, created || g.config == config))
+    if created && g.cache.has_l2() {
+        let bg = Arc::clone(&g.cache);
+        spawn(async move {
+            let mut ticks: u64 = 0;
+            let per_sync = CLOCK_SYNC_INTERVAL.as_secs().max(1);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                ticks += 1;
+                bg.maintenance(ticks.is_multiple_of(per_sync)).await;
+            }
+        });
+    }
+    Ok(describe(g, created || g.config == config))
 }
 
 fn install_panic_hook() {
-    // A panic must never unwind into Node; napi-rs catches unwinds at the boundary and turns
-    // them into JS exceptions, and this hook makes sure the message is printed once, redacted
-    // of nothing secret (panics carry no configuration).
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
+    // napi-rs catches unwinds at the FFI boundary and turns them into JS exceptions; this hook
+    // makes sure the message is printed (panics carry no configuration, so nothing secret).
+    std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "strata-cache: internal panic (reported to the caller as STRATA_INTERNAL): {info}"
         );
-        let _ = &previous;
     }));
+}
+
+/// Whether an L2 (Redis) is in use.
+#[napi(js_name = "hasL2")]
+pub fn has_l2() -> bool {
+    GLOBAL.get().is_some_and(|g| g.cache.has_l2())
 }
 
 /// `get(cacheKey)` on L1: `null` on a miss, the entry object on a hit, or `[entry]` when a tag
@@ -157,24 +305,28 @@ fn install_panic_hook() {
 pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
-    match g.store.get(&key) {
-        Lookup::Miss => js_entry::null(&env),
-        Lookup::Hit {
-            entry,
-            stale_by_tag,
-        } => {
-            let obj = js_entry::entry_object(&env, &entry)?;
-            if stale_by_tag {
-                js_entry::wrap_in_array(&env, obj)
-            } else {
-                Ok(obj)
-            }
-        }
+    js_entry::lookup_value(&env, g.cache.get_local(&key))
+}
+
+/// `get(cacheKey)` from L2 after an L1 miss; same result shape as `ucGet`. Never rejects.
+#[napi(js_name = "ucGetRemote")]
+pub async fn uc_get_remote(key: String) -> napi::Result<LookupOut> {
+    let g = global_async()?;
+    Ok(LookupOut(g.cache.get_remote(&key).await))
+}
+
+fn outcome_name(o: SetOutcome) -> &'static str {
+    match o {
+        SetOutcome::Stored => "stored",
+        SetOutcome::SkippedDynamic => "skipped-dynamic",
+        SetOutcome::AlreadyExpired => "already-expired",
+        SetOutcome::TooLarge => "too-large",
     }
 }
 
-/// `set(cacheKey, entry)` once the stream is read: copies the chunks once into Rust memory.
-/// Returns `"stored"`, `"skipped-dynamic"`, `"already-expired"` or `"too-large"`.
+/// `set(cacheKey, entry)` in L1 once the stream is read: copies the chunks once into Rust
+/// memory. Returns `"stored"`, `"skipped-dynamic"`, `"already-expired"`, `"too-large"` or
+/// `"too-large-first"` (warn once).
 #[napi(js_name = "ucSet")]
 #[allow(clippy::too_many_arguments)]
 pub fn uc_set(
@@ -196,18 +348,62 @@ pub fn uc_set(
         expire,
         revalidate,
     };
-    let outcome = g.store.set(&key, chunks.0, meta).map_err(to_js)?;
+    let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
     Ok(match outcome {
-        SetOutcome::Stored => "stored",
-        SetOutcome::SkippedDynamic => "skipped-dynamic",
-        SetOutcome::AlreadyExpired => "already-expired",
-        SetOutcome::TooLarge => {
-            if g.store.first_too_large() {
-                "too-large-first"
-            } else {
-                "too-large"
-            }
+        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
+        o => outcome_name(o),
+    })
+}
+
+/// The result of `ucSetRemote`.
+#[napi(object)]
+pub struct SetResult {
+    /// The L1 outcome (as `ucSet`).
+    pub l1: String,
+    /// `"none"`, `"written"`, `"too-large"`, `"too-large-first"` or `"failed"`.
+    pub l2: String,
+}
+
+/// `set` in L1 then L2 (Redis). Only invalid metadata rejects; Redis trouble leaves the entry
+/// L1-only and is reported in `l2`.
+#[napi(js_name = "ucSetRemote")]
+#[allow(clippy::too_many_arguments)]
+pub async fn uc_set_remote(
+    key: String,
+    chunks: Chunks,
+    tags: Vec<String>,
+    stale: f64,
+    timestamp: f64,
+    expire: f64,
+    revalidate: f64,
+) -> napi::Result<SetResult> {
+    let g = global_async()?;
+    let meta = EntryMeta {
+        tags,
+        stale,
+        timestamp,
+        expire,
+        revalidate,
+    };
+    let SetReport { l1, l2 } = g
+        .cache
+        .set(&key, chunks.0, meta)
+        .await
+        .map_err(to_js_async)?;
+    let l1 = match l1 {
+        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
+        o => outcome_name(o),
+    };
+    Ok(SetResult {
+        l1: l1.to_owned(),
+        l2: match l2 {
+            L2Write::None => "none",
+            L2Write::Written => "written",
+            L2Write::TooLarge { first: true } => "too-large-first",
+            L2Write::TooLarge { first: false } => "too-large",
+            L2Write::Failed => "failed",
         }
+        .to_owned(),
     })
 }
 
@@ -218,12 +414,9 @@ pub struct JsDurations {
     pub expire: Option<f64>,
 }
 
-/// `updateTags(tags, durations?)`.
-#[napi(js_name = "ucUpdateTags")]
-pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Result<(), Code> {
-    let g = global()?;
-    let durations = match durations {
-        None => None,
+fn durations_of(d: Option<JsDurations>) -> JsResult<Option<Durations>> {
+    match d {
+        None => Ok(None),
         Some(d) => {
             if let Some(e) = d.expire {
                 if !e.is_finite() || e < 0.0 {
@@ -233,20 +426,53 @@ pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Resu
                     )));
                 }
             }
-            Some(Durations { expire: d.expire })
+            Ok(Some(Durations { expire: d.expire }))
         }
-    };
-    g.store.update_tags(&tags, durations);
+    }
+}
+
+/// `updateTags(tags, durations?)` without L2 (synchronous).
+#[napi(js_name = "ucUpdateTags")]
+pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Result<(), Code> {
+    let g = global()?;
+    g.cache.update_tags_local(&tags, durations_of(durations)?);
     Ok(())
+}
+
+/// `updateTags(tags, durations?)` recorded in Redis (atomic, stamped by Redis). Rejects only in
+/// strict mode when Redis cannot record it.
+#[napi(js_name = "ucUpdateTagsRemote")]
+pub async fn uc_update_tags_remote(
+    tags: Vec<String>,
+    durations: Option<JsDurations>,
+) -> napi::Result<()> {
+    let g = global_async()?;
+    let durations = durations_of(durations).map_err(|e| {
+        napi::Error::new(
+            Status::InvalidArg,
+            format!("[STRATA_INVALID_ARG] {}", e.reason),
+        )
+    })?;
+    g.cache
+        .update_tags(&tags, durations)
+        .await
+        .map_err(to_js_async)
+}
+
+/// `refreshTags()`: follows the shared invalidation log (one round trip, usually empty).
+#[napi(js_name = "ucRefreshTags")]
+pub async fn uc_refresh_tags() -> napi::Result<()> {
+    let g = global_async()?;
+    g.cache.refresh_tags().await.map_err(to_js_async)
 }
 
 /// `getExpiration(tags)`.
 #[napi(js_name = "ucGetExpiration")]
 pub fn uc_get_expiration(tags: Vec<String>) -> Result<f64, Code> {
-    Ok(global()?.store.get_expiration(&tags))
+    Ok(global()?.cache.get_expiration(&tags))
 }
 
-/// Counters and sizes of the process-wide store.
+/// Counters and sizes of the process-wide cache.
 #[napi(object)]
 pub struct NativeStats {
     /// Entries in L1.
@@ -277,14 +503,83 @@ pub struct NativeStats {
     pub tag_records: f64,
     /// Entry objects currently shared with JS.
     pub js_views: f64,
+    /// L2 counters, when Redis is configured.
+    pub l2: Option<NativeL2Stats>,
 }
 
-/// `stats()` of the native store (null before first use).
+/// L2 counters.
+#[napi(object)]
+pub struct NativeL2Stats {
+    /// Reads that found a valid entry.
+    pub hits: f64,
+    /// Reads that found nothing.
+    pub misses: f64,
+    /// Reads that failed (timeout, unavailable).
+    pub errors: f64,
+    /// Values that did not decode (garbage, truncated, other version).
+    pub decode_errors: f64,
+    /// Entries under our key that were not ours (hash collision, other kind).
+    pub foreign: f64,
+    /// Entries written.
+    pub writes: f64,
+    /// Writes that failed.
+    pub write_errors: f64,
+    /// Entries too large for L2.
+    pub too_large: f64,
+    /// Invalidations recorded in Redis.
+    pub invalidations: f64,
+    /// Invalidations queued while Redis was unavailable.
+    pub invalidations_queued: f64,
+    /// Queued invalidations delivered later.
+    pub invalidations_replayed: f64,
+    /// Invalidations still waiting for Redis.
+    pub invalidations_pending: f64,
+    /// Tag refresh round trips.
+    pub refreshes: f64,
+    /// Full resynchronisations of the tag state.
+    pub resyncs: f64,
+    /// Times the shared state was found lost (L1 dropped).
+    pub data_lost: f64,
+    /// Circuit breaker state: "closed", "open" or "half-open".
+    pub breaker: String,
+    /// Estimated `redis clock − local clock` [ms].
+    pub clock_offset_ms: f64,
+}
+
+/// Counters of the native cache (null before first use).
 #[napi(js_name = "nativeStats")]
 pub fn native_stats(env: Env) -> Option<NativeStats> {
     let g = GLOBAL.get()?;
     js_entry::release_pending(&env);
-    let s = g.store.stats();
+    let s = g.cache.stats();
+    let l2 = g
+        .cache
+        .l2_metrics()
+        .zip(g.cache.l2())
+        .map(|(m, l2)| NativeL2Stats {
+            hits: Metrics::read(&m.hits) as f64,
+            misses: Metrics::read(&m.misses) as f64,
+            errors: Metrics::read(&m.errors) as f64,
+            decode_errors: Metrics::read(&m.decode_errors) as f64,
+            foreign: Metrics::read(&m.foreign) as f64,
+            writes: Metrics::read(&m.writes) as f64,
+            write_errors: Metrics::read(&m.write_errors) as f64,
+            too_large: Metrics::read(&m.too_large) as f64,
+            invalidations: Metrics::read(&m.invalidations) as f64,
+            invalidations_queued: Metrics::read(&m.invalidations_queued) as f64,
+            invalidations_replayed: Metrics::read(&m.invalidations_replayed) as f64,
+            invalidations_pending: g.cache.pending_invalidations() as f64,
+            refreshes: Metrics::read(&m.refreshes) as f64,
+            resyncs: Metrics::read(&m.resyncs) as f64,
+            data_lost: Metrics::read(&m.data_lost) as f64,
+            breaker: match l2.breaker().state() {
+                strata_core::breaker::State::Closed => "closed",
+                strata_core::breaker::State::Open => "open",
+                strata_core::breaker::State::HalfOpen => "half-open",
+            }
+            .to_owned(),
+            clock_offset_ms: g.cache.store().clock().offset(),
+        });
     Some(NativeStats {
         entries: s.entries as f64,
         bytes: s.bytes as f64,
@@ -300,5 +595,6 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
         tags_updated: s.tags_updated as f64,
         tag_records: s.tag_records as f64,
         js_views: js_entry::live_views() as f64,
+        l2,
     })
 }

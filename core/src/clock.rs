@@ -54,3 +54,41 @@ impl Clock for ManualClock {
 
 /// A shared clock handle.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// Local time plus an estimate of `redis_time − local_time`: the one clock domain in which
+/// invalidation stamps and entry times are compared (design notes §1). With no Redis the offset
+/// stays 0 and both domains are the local clock.
+#[derive(Debug)]
+pub struct OffsetClock {
+    base: SharedClock,
+    offset_bits: AtomicU64,
+}
+
+impl OffsetClock {
+    /// A clock over `base` with offset 0.
+    pub fn new(base: SharedClock) -> Self {
+        Self {
+            base,
+            offset_bits: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+    /// Now on the local clock (the one Next uses for `timestamp`).
+    pub fn local_ms(&self) -> f64 {
+        self.base.now_ms()
+    }
+    /// Now in the shared (Redis) clock domain.
+    pub fn server_ms(&self) -> f64 {
+        self.base.now_ms() + self.offset()
+    }
+    /// The current estimate of `server − local` in ms.
+    pub fn offset(&self) -> f64 {
+        f64::from_bits(self.offset_bits.load(Ordering::Relaxed))
+    }
+    /// Replaces the estimate (ignores non-finite values).
+    pub fn set_offset(&self, offset_ms: f64) {
+        if offset_ms.is_finite() {
+            self.offset_bits
+                .store(offset_ms.to_bits(), Ordering::Relaxed);
+        }
+    }
+}

@@ -9,6 +9,14 @@ use crate::error::{Error, Result};
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default bound on the number of tag records kept in memory.
 pub const DEFAULT_MAX_TAGS: u64 = 100_000;
+/// Default cap on any entry's lifetime in L1 and L2, and retention of tag records: 30 days.
+pub const DEFAULT_MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+/// Default deadline of one Redis operation.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+/// Default largest value written to Redis; larger ones stay L1-only.
+pub const DEFAULT_L2_MAX_VALUE_BYTES: u64 = 8 * 1024 * 1024;
+/// Default size from which values are LZ4-compressed in Redis.
+pub const DEFAULT_COMPRESS_MIN_BYTES: u64 = 4 * 1024;
 
 /// Options as the user gave them (code or environment); `None` = not given.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +29,18 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// `namespace` / `STRATA_NAMESPACE`.
     pub namespace: Option<String>,
+    /// `maxTtlSeconds` / `STRATA_MAX_TTL_SECONDS`.
+    pub max_ttl_seconds: Option<u64>,
+    /// `redisTimeoutMs` / `STRATA_REDIS_TIMEOUT_MS`.
+    pub redis_timeout_ms: Option<u64>,
+    /// `l2MaxValueBytes` / `STRATA_L2_MAX_VALUE_BYTES`.
+    pub l2_max_value_bytes: Option<u64>,
+    /// `compressMinBytes` / `STRATA_COMPRESS_MIN_BYTES` (`0` disables compression).
+    pub compress_min_bytes: Option<u64>,
+    /// `strict` / `STRATA_STRICT`.
+    pub strict: Option<bool>,
+    /// `cluster` / `STRATA_REDIS_CLUSTER`.
+    pub cluster: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -34,6 +54,19 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Explicit namespace, when given.
     pub namespace: Option<String>,
+    /// Cap on entry lifetimes (L1 and L2) and retention of tag records, in seconds.
+    pub max_ttl_seconds: u64,
+    /// Deadline of one Redis operation in ms.
+    pub redis_timeout_ms: u64,
+    /// Largest value written to Redis.
+    pub l2_max_value_bytes: u64,
+    /// Values at least this large are compressed in Redis; `0` = never.
+    pub compress_min_bytes: u64,
+    /// Strict mode: an invalidation that cannot be recorded in Redis rejects, and tag state that
+    /// cannot be refreshed makes reads miss.
+    pub strict: bool,
+    /// Treat the Redis URL(s) as Redis Cluster seed nodes.
+    pub cluster: bool,
 }
 
 /// Environment variable names, in one place so the README and the code agree.
@@ -48,6 +81,18 @@ pub mod env {
     pub const REDIS_URL_FALLBACK: &str = "REDIS_URL";
     /// Namespace override.
     pub const NAMESPACE: &str = "STRATA_NAMESPACE";
+    /// Cap on entry lifetimes and tag retention, seconds.
+    pub const MAX_TTL_SECONDS: &str = "STRATA_MAX_TTL_SECONDS";
+    /// Deadline of one Redis operation, ms.
+    pub const REDIS_TIMEOUT_MS: &str = "STRATA_REDIS_TIMEOUT_MS";
+    /// Largest value written to Redis (bytes or with a unit).
+    pub const L2_MAX_VALUE_BYTES: &str = "STRATA_L2_MAX_VALUE_BYTES";
+    /// Compression threshold (bytes or with a unit; `0` = off).
+    pub const COMPRESS_MIN_BYTES: &str = "STRATA_COMPRESS_MIN_BYTES";
+    /// Strict mode (`1`/`true`).
+    pub const STRICT: &str = "STRATA_STRICT";
+    /// Redis Cluster (`1`/`true`).
+    pub const REDIS_CLUSTER: &str = "STRATA_REDIS_CLUSTER";
 }
 
 impl Options {
@@ -68,11 +113,45 @@ impl Options {
             })?),
             None => None,
         };
+        let whole = |name: &str| -> Result<Option<u64>> {
+            match non_empty(name) {
+                Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                    Error::config(name, format!("expected a whole number, got {v:?}"))
+                }),
+                None => Ok(None),
+            }
+        };
+        let size = |name: &str| -> Result<Option<u64>> {
+            match non_empty(name) {
+                Some(v) if v == "0" => Ok(Some(0)),
+                Some(v) => parse_bytes(&v)
+                    .map(Some)
+                    .map_err(|r| Error::config(name, r)),
+                None => Ok(None),
+            }
+        };
+        let flag = |name: &str| -> Result<Option<bool>> {
+            match non_empty(name).map(|v| v.to_ascii_lowercase()) {
+                None => Ok(None),
+                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(Some(true)),
+                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(Some(false)),
+                Some(v) => Err(Error::config(
+                    name,
+                    format!("expected true or false, got {v:?}"),
+                )),
+            }
+        };
         Ok(Self {
             l1_max_bytes,
             max_tags,
             redis_url: non_empty(env::REDIS_URL).or_else(|| non_empty(env::REDIS_URL_FALLBACK)),
             namespace: non_empty(env::NAMESPACE),
+            max_ttl_seconds: whole(env::MAX_TTL_SECONDS)?,
+            redis_timeout_ms: whole(env::REDIS_TIMEOUT_MS)?,
+            l2_max_value_bytes: size(env::L2_MAX_VALUE_BYTES)?,
+            compress_min_bytes: size(env::COMPRESS_MIN_BYTES)?,
+            strict: flag(env::STRICT)?,
+            cluster: flag(env::REDIS_CLUSTER)?,
         })
     }
 
@@ -83,6 +162,12 @@ impl Options {
             max_tags: self.max_tags.or(fallback.max_tags),
             redis_url: self.redis_url.or(fallback.redis_url),
             namespace: self.namespace.or(fallback.namespace),
+            max_ttl_seconds: self.max_ttl_seconds.or(fallback.max_ttl_seconds),
+            redis_timeout_ms: self.redis_timeout_ms.or(fallback.redis_timeout_ms),
+            l2_max_value_bytes: self.l2_max_value_bytes.or(fallback.l2_max_value_bytes),
+            compress_min_bytes: self.compress_min_bytes.or(fallback.compress_min_bytes),
+            strict: self.strict.or(fallback.strict),
+            cluster: self.cluster.or(fallback.cluster),
         }
     }
 
@@ -96,29 +181,63 @@ impl Options {
         if max_tags == 0 {
             return Err(Error::config("maxTags", "must be at least 1"));
         }
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(Error::config(
-                    "redis",
-                    format!(
-                        "expected a redis:// or rediss:// URL, got {}",
-                        redact_url(url)
-                    ),
-                ));
+        if let Some(urls) = &self.redis_url {
+            for url in urls.split(',').map(str::trim) {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix://")
+                    || url.starts_with("unix://"))
+                {
+                    return Err(Error::config(
+                        "redis",
+                        format!(
+                            "expected a redis:// or rediss:// URL, got {}",
+                            redact_url(url)
+                        ),
+                    ));
+                }
             }
+        }
+        let max_ttl_seconds = self.max_ttl_seconds.unwrap_or(DEFAULT_MAX_TTL_SECONDS);
+        if max_ttl_seconds == 0 {
+            return Err(Error::config("maxTtlSeconds", "must be at least 1"));
+        }
+        let redis_timeout_ms = self.redis_timeout_ms.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS);
+        if redis_timeout_ms == 0 || redis_timeout_ms > 60_000 {
+            return Err(Error::config(
+                "redisTimeoutMs",
+                "must be between 1 and 60000",
+            ));
+        }
+        let l2_max_value_bytes = self
+            .l2_max_value_bytes
+            .unwrap_or(DEFAULT_L2_MAX_VALUE_BYTES);
+        if l2_max_value_bytes == 0 || l2_max_value_bytes > u32::MAX as u64 {
+            return Err(Error::config(
+                "l2MaxValueBytes",
+                "must be between 1 byte and 4 GiB",
+            ));
         }
         if let Some(ns) = &self.namespace {
             validate_namespace(ns)?;
         }
+        let urls_count = self
+            .redis_url
+            .as_deref()
+            .map_or(0, |u| u.split(',').count());
         Ok(Config {
             l1_max_bytes,
             max_tags,
+            cluster: self.cluster.unwrap_or(urls_count > 1),
             redis_url: self.redis_url,
             namespace: self.namespace,
+            max_ttl_seconds,
+            redis_timeout_ms,
+            l2_max_value_bytes,
+            compress_min_bytes: self
+                .compress_min_bytes
+                .unwrap_or(DEFAULT_COMPRESS_MIN_BYTES),
+            strict: self.strict.unwrap_or(false),
         })
     }
 }

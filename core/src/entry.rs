@@ -73,18 +73,21 @@ pub struct Entry {
     pub key: Arc<str>,
     /// The serialized value, owned by Rust (refcounted: JS views share it without copying).
     pub value: Bytes,
-    /// Next's metadata.
+    /// Next's metadata; `meta.timestamp` is on this instance's local clock.
     pub meta: EntryMeta,
+    /// `meta.timestamp` in the shared (Redis) clock domain: what tag stamps are compared with.
+    pub server_ts: f64,
 }
 
 impl Entry {
-    /// Builds an entry with a fresh id.
-    pub fn new(key: Arc<str>, value: Bytes, meta: EntryMeta) -> Self {
+    /// Builds an entry with a fresh id; `server_ts` is `meta.timestamp` in the shared clock.
+    pub fn new(key: Arc<str>, value: Bytes, meta: EntryMeta, server_ts: f64) -> Self {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
             value,
             meta,
+            server_ts,
         }
     }
 
@@ -137,9 +140,10 @@ mod tests {
             Arc::from("k".repeat(10)),
             Bytes::from(vec![0u8; 100]),
             meta(),
+            0.0,
         );
         assert_eq!(e.weight(), 100 + 10 + (1 + 24) + ENTRY_OVERHEAD_BYTES);
-        let e2 = Entry::new(Arc::from("k"), Bytes::new(), meta());
+        let e2 = Entry::new(Arc::from("k"), Bytes::new(), meta(), 0.0);
         assert_ne!(e.id, e2.id);
     }
 

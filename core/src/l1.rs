@@ -26,15 +26,17 @@ pub type RemovalHook = Arc<dyn Fn(u64) + Send + Sync>;
 
 struct EntryExpiry {
     clock: SharedClock,
+    max_ttl: Duration,
 }
 
 impl EntryExpiry {
     fn ttl(&self, entry: &Entry) -> Duration {
-        ttl_for(entry.meta.expires_at_ms(), self.clock.now_ms())
+        ttl_for(entry.meta.expires_at_ms(), self.clock.now_ms()).min(self.max_ttl)
     }
 }
 
-/// How long an entry that hard-expires at `expires_at_ms` may live in L1 at time `now_ms`.
+/// How long an entry that hard-expires at `expires_at_ms` may live at time `now_ms`
+/// (at most [`MAX_L1_TTL`]).
 pub fn ttl_for(expires_at_ms: f64, now_ms: f64) -> Duration {
     let remaining_ms = expires_at_ms - now_ms;
     if !remaining_ms.is_finite() || remaining_ms <= 0.0 {
@@ -83,6 +85,7 @@ impl L1 {
     /// A cache holding at most `max_bytes` (as weighed by [`Entry::weight`]).
     pub fn new(
         max_bytes: u64,
+        max_ttl: Duration,
         clock: SharedClock,
         metrics: Arc<Metrics>,
         on_removal: Option<RemovalHook>,
@@ -93,7 +96,7 @@ impl L1 {
             .weigher(|_k: &Arc<str>, v: &Arc<Entry>| -> u32 {
                 u32::try_from(v.weight()).unwrap_or(u32::MAX)
             })
-            .expire_after(EntryExpiry { clock })
+            .expire_after(EntryExpiry { clock, max_ttl })
             .eviction_listener(move |_k, v: Arc<Entry>, cause| {
                 if cause == RemovalCause::Size {
                     Metrics::inc(&metrics.l1_evictions);
@@ -188,6 +191,7 @@ mod tests {
         let s2 = Arc::clone(&seen);
         let l1 = L1::new(
             1 << 20,
+            MAX_L1_TTL,
             Arc::new(ManualClock::new(0.0)),
             Arc::new(Metrics::default()),
             Some(Arc::new(move |id| s2.lock().push(id))),
@@ -203,6 +207,7 @@ mod tests {
             Arc::from("k"),
             Bytes::from(vec![1u8]),
             meta.clone(),
+            0.0,
         ));
         let first = a.id;
         l1.insert(a);
@@ -210,6 +215,7 @@ mod tests {
             Arc::from("k"),
             Bytes::from(vec![2u8]),
             meta,
+            0.0,
         )));
         l1.run_pending_tasks();
         assert_eq!(*seen.lock(), vec![first]);

@@ -4,13 +4,16 @@
 //! Redis L2, the stored envelope, the breaker); the napi binding in `../src` only translates.
 
 pub mod breaker;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod entry;
 pub mod envelope;
 pub mod error;
 pub mod l1;
+pub mod l2;
 pub mod metrics;
+pub mod namespace;
 pub mod store;
 pub mod tags;
 

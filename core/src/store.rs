@@ -2,17 +2,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::clock::SharedClock;
+use crate::clock::{OffsetClock, SharedClock};
 use crate::config::Config;
 use crate::entry::{Entry, EntryMeta};
 use crate::error::Result;
 use crate::l1::{RemovalHook, L1};
 use crate::metrics::Metrics;
-use crate::tags::{Durations, TagManifest, TagVerdict};
+use crate::tags::{Durations, TagManifest, TagState, TagVerdict};
 
 /// Result of a read.
 #[derive(Debug, Clone)]
@@ -77,7 +78,7 @@ pub struct Stats {
 pub struct Store {
     l1: L1,
     tags: RwLock<TagManifest>,
-    clock: SharedClock,
+    clock: Arc<OffsetClock>,
     metrics: Arc<Metrics>,
     warned_too_large: AtomicBool,
 }
@@ -89,13 +90,15 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store for `config`, reading time from `clock`; `on_removal` sees every entry id that
-    /// leaves L1.
+    /// A store for `config`, reading local time from `clock`; `on_removal` sees every entry id
+    /// that leaves L1.
     pub fn new(config: &Config, clock: SharedClock, on_removal: Option<RemovalHook>) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let max_ttl = Duration::from_secs(config.max_ttl_seconds);
         Self {
             l1: L1::new(
                 config.l1_max_bytes,
+                max_ttl,
                 Arc::clone(&clock),
                 Arc::clone(&metrics),
                 on_removal,
@@ -103,79 +106,109 @@ impl Store {
             tags: RwLock::new(TagManifest::new(
                 usize::try_from(config.max_tags).unwrap_or(usize::MAX),
             )),
-            clock,
+            clock: Arc::new(OffsetClock::new(clock)),
             metrics,
             warned_too_large: AtomicBool::new(false),
         }
     }
 
-    /// The store's clock.
-    pub fn now_ms(&self) -> f64 {
-        self.clock.now_ms()
+    /// The store's clocks (local, and shared with the offset estimate).
+    pub fn clock(&self) -> &OffsetClock {
+        &self.clock
     }
 
-    /// `get(cacheKey)`: the entry if servable now, applying expiry and tag rules.
+    /// The store's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `get(cacheKey)` from L1: the entry if servable now, applying expiry and tag rules.
     pub fn get(&self, key: &str) -> Lookup {
         let Some(entry) = self.l1.get(key) else {
             Metrics::inc(&self.metrics.l1_misses);
             return Lookup::Miss;
         };
-        let now = self.clock.now_ms();
-        if now > entry.meta.expires_at_ms() {
-            self.l1.remove_if_id(key, entry.id);
-            Metrics::inc(&self.metrics.l1_misses);
+        let lookup = self.judge(entry);
+        match &lookup {
+            Lookup::Hit { .. } => Metrics::inc(&self.metrics.l1_hits),
+            Lookup::Miss => Metrics::inc(&self.metrics.l1_misses),
+        }
+        lookup
+    }
+
+    /// Applies the expiry and tag rules to an entry held in L1 (dropping it when it can never
+    /// be served again).
+    pub fn judge(&self, entry: Arc<Entry>) -> Lookup {
+        if self.clock.local_ms() > entry.meta.expires_at_ms() {
+            self.l1.remove_if_id(&entry.key, entry.id);
             return Lookup::Miss;
         }
-        let verdict = self
-            .tags
-            .read()
-            .verdict(&entry.meta.tags, entry.meta.timestamp, now);
+        let verdict =
+            self.tags
+                .read()
+                .verdict(&entry.meta.tags, entry.server_ts, self.clock.server_ms());
         match verdict {
             TagVerdict::Expired => {
-                // Nothing can make this entry servable again: free its memory now.
-                self.l1.remove_if_id(key, entry.id);
+                self.l1.remove_if_id(&entry.key, entry.id);
                 Metrics::inc(&self.metrics.expired_by_tag);
-                Metrics::inc(&self.metrics.l1_misses);
                 Lookup::Miss
             }
             TagVerdict::Stale => {
                 Metrics::inc(&self.metrics.stale_by_tag);
-                Metrics::inc(&self.metrics.l1_hits);
                 Lookup::Hit {
                     entry,
                     stale_by_tag: true,
                 }
             }
-            TagVerdict::Fresh => {
-                Metrics::inc(&self.metrics.l1_hits);
-                Lookup::Hit {
-                    entry,
-                    stale_by_tag: false,
-                }
-            }
+            TagVerdict::Fresh => Lookup::Hit {
+                entry,
+                stale_by_tag: false,
+            },
         }
     }
 
-    /// `set(cacheKey, entry)` once the value's bytes are complete.
-    pub fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetOutcome> {
+    /// Checks `meta` and decides whether it should be stored at all.
+    pub fn admit(&self, meta: &EntryMeta) -> Result<Option<SetOutcome>> {
         meta.validate()?;
         if meta.expire == 0.0 {
             Metrics::inc(&self.metrics.skipped_dynamic);
-            return Ok(SetOutcome::SkippedDynamic);
+            return Ok(Some(SetOutcome::SkippedDynamic));
         }
-        if self.clock.now_ms() > meta.expires_at_ms() {
-            return Ok(SetOutcome::AlreadyExpired);
+        if self.clock.local_ms() > meta.expires_at_ms() {
+            return Ok(Some(SetOutcome::AlreadyExpired));
         }
-        let entry = Entry::new(Arc::from(key), value, meta);
+        Ok(None)
+    }
+
+    /// `set(cacheKey, entry)` once the value's bytes are complete: stores in L1.
+    pub fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetOutcome> {
+        if let Some(outcome) = self.admit(&meta)? {
+            return Ok(outcome);
+        }
+        let server_ts = meta.timestamp + self.clock.offset();
+        Ok(self.insert(Entry::new(Arc::from(key), value, meta, server_ts)))
+    }
+
+    /// Stores a complete entry in L1 (a local `set`, or an entry read from L2).
+    pub fn insert(&self, entry: Entry) -> SetOutcome {
         if !self.l1.fits(entry.weight()) {
             Metrics::inc(&self.metrics.rejected_too_large);
             // Any older value under this key is now outdated: do not keep serving it.
-            self.l1.remove(key);
-            return Ok(SetOutcome::TooLarge);
+            self.l1.remove(&entry.key);
+            return SetOutcome::TooLarge;
         }
         self.l1.insert(Arc::new(entry));
         Metrics::inc(&self.metrics.l1_sets);
-        Ok(SetOutcome::Stored)
+        SetOutcome::Stored
+    }
+
+    /// Stores an entry also held elsewhere (e.g. being returned by a read) in L1.
+    pub fn insert_shared(&self, entry: Arc<Entry>) -> SetOutcome {
+        if !self.l1.fits(entry.weight()) {
+            return SetOutcome::TooLarge;
+        }
+        self.l1.insert(entry);
+        SetOutcome::Stored
     }
 
     /// True exactly once per process: the first time an entry was too large (warn once).
@@ -183,16 +216,50 @@ impl Store {
         !self.warned_too_large.swap(true, Ordering::Relaxed)
     }
 
-    /// `updateTags(tags, durations)`.
+    /// `updateTags(tags, durations)` applied to this instance's tag state, stamped now in the
+    /// shared clock domain.
     pub fn update_tags<S: AsRef<str>>(&self, tags: &[S], durations: Option<Durations>) {
-        let now = self.clock.now_ms();
+        let now = self.clock.server_ms();
         self.tags.write().update(tags, durations, now);
         Metrics::add(&self.metrics.tags_updated, tags.len() as u64);
     }
 
-    /// `getExpiration(tags)`.
+    /// Mirrors tag states read from the shared store (stamps in the shared clock domain).
+    pub fn apply_tag_states<S: AsRef<str>>(&self, states: &[(S, TagState)]) {
+        let mut tags = self.tags.write();
+        for (tag, state) in states {
+            tags.set_state(tag.as_ref(), *state);
+        }
+    }
+
+    /// Replaces the whole tag state with `states`; with `drop_l1`, also empties L1 (the shared
+    /// state was lost, so nothing cached before can be trusted).
+    pub fn replace_tag_states<S: AsRef<str>>(&self, states: &[(S, TagState)], drop_l1: bool) {
+        {
+            let mut tags = self.tags.write();
+            tags.clear_records();
+            for (tag, state) in states {
+                tags.set_state(tag.as_ref(), *state);
+            }
+        }
+        if drop_l1 {
+            self.l1.clear();
+        }
+    }
+
+    /// Empties L1.
+    pub fn clear_l1(&self) {
+        self.l1.clear();
+    }
+
+    /// `getExpiration(tags)`, in the local clock domain Next compares it in.
     pub fn get_expiration<S: AsRef<str>>(&self, tags: &[S]) -> f64 {
-        self.tags.read().expiration(tags, self.clock.now_ms())
+        let expired = self.tags.read().expiration(tags, self.clock.server_ms());
+        if expired > 0.0 {
+            expired - self.clock.offset()
+        } else {
+            0.0
+        }
     }
 
     /// Counters and sizes (runs pending L1 maintenance first so sizes are exact).

@@ -119,6 +119,11 @@ impl TagManifest {
         self.floor
     }
 
+    /// Drops every record, keeping the floor (used when the full state is re-read).
+    pub fn clear_records(&mut self) {
+        self.tags.clear();
+    }
+
     /// Drops every record and raises the floor to `now`: everything cached before is expired.
     /// Used when the shared tag state could not be followed (e.g. a resync after a gap).
     pub fn reset(&mut self, now: f64) {

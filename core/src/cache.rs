@@ -1,0 +1,538 @@
+//! The two-level cache: L1 ([`Store`]) in front of the shared Redis L2 ([`L2`]).
+//!
+//! * Reads: L1 first (synchronous, no I/O); on a miss, L2 (one GET), whose entry is checked
+//!   (envelope, full key), promoted into L1 and judged by the same rules.
+//! * Writes: L1 at once, then L2 (one SET with a TTL from the entry's `expire`).
+//! * Tags: invalidations are recorded atomically in Redis by a Lua script stamped with Redis'
+//!   own clock; every instance mirrors the tag state in memory and follows the invalidation log
+//!   in `refreshTags` (one round trip, usually empty), so reads cost no round trip for tags.
+//! * Failures: every Redis call has a deadline and goes through the breaker; a failed read is a
+//!   miss, a failed write leaves the entry L1-only, and an invalidation that cannot be recorded
+//!   is applied locally at once and queued, in order, until Redis takes it (strict mode rejects
+//!   instead). While invalidations are queued the instance does not follow the shared log, so its
+//!   own invalidations are never forgotten by a resync.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::entry::{Entry, EntryMeta};
+use crate::envelope::{self, Compression, EnvelopeMeta, Kind};
+use crate::error::{Error, Result};
+use crate::l1::RemovalHook;
+use crate::l2::{L2Config, LogCursor, Refresh, L2};
+use crate::metrics::Metrics;
+use crate::store::{Lookup, SetOutcome, Stats, Store};
+use crate::tags::Durations;
+
+/// How often the clock offset to Redis is re-measured.
+pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Two instances whose offsets to Redis agree within this many ms are on the same clock (the
+/// offset is measured to about half a round trip): the writer's own `timestamp` is returned
+/// unchanged, so a value written and read on one host round-trips exactly.
+pub const SAME_CLOCK_MS: f64 = 1.0;
+
+/// What happened to an entry on `set`, per level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetReport {
+    /// The L1 outcome.
+    pub l1: SetOutcome,
+    /// The L2 outcome.
+    pub l2: L2Write,
+}
+
+/// The L2 side of a `set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L2Write {
+    /// No L2 configured (or the entry was not stored at all).
+    None,
+    /// Written to Redis.
+    Written,
+    /// Larger than `l2MaxValueBytes`: kept L1-only. `first` = first time in this process.
+    TooLarge {
+        /// First occurrence in this process (warn once).
+        first: bool,
+    },
+    /// Redis did not take it (down, slow, breaker open): kept L1-only.
+    Failed,
+}
+
+/// Counters of the L2 side.
+#[derive(Debug, Default)]
+pub struct L2Metrics {
+    /// L2 reads that found a valid entry.
+    pub hits: AtomicU64,
+    /// L2 reads that found nothing.
+    pub misses: AtomicU64,
+    /// L2 reads that failed (timeout, unavailable, error reply).
+    pub errors: AtomicU64,
+    /// Values found in Redis that did not decode (garbage, truncated, other version).
+    pub decode_errors: AtomicU64,
+    /// Entries whose stored key differs (hash collision) or whose kind is not ours.
+    pub foreign: AtomicU64,
+    /// Entries written.
+    pub writes: AtomicU64,
+    /// Writes that failed.
+    pub write_errors: AtomicU64,
+    /// Entries too large for L2.
+    pub too_large: AtomicU64,
+    /// Invalidations recorded in Redis.
+    pub invalidations: AtomicU64,
+    /// Invalidations queued because Redis was unavailable.
+    pub invalidations_queued: AtomicU64,
+    /// Queued invalidations later delivered.
+    pub invalidations_replayed: AtomicU64,
+    /// Tag refreshes (round trips).
+    pub refreshes: AtomicU64,
+    /// Full resynchronisations of the tag state.
+    pub resyncs: AtomicU64,
+    /// Times the shared state was found lost (Redis restarted empty): L1 dropped.
+    pub data_lost: AtomicU64,
+}
+
+struct Remote {
+    l2: L2,
+    cursor: Mutex<LogCursor>,
+    refresh_gate: tokio::sync::Mutex<()>,
+    refresh_requested: AtomicU64,
+    refresh_completed: AtomicU64,
+    pending: Mutex<VecDeque<(Vec<String>, Option<Durations>)>>,
+    replay_gate: tokio::sync::Mutex<()>,
+    compression: Compression,
+    max_value: usize,
+    max_ttl: Duration,
+    strict: bool,
+    /// The tag state is known to be current (last refresh succeeded, nothing queued).
+    verified: AtomicBool,
+    clock_synced: AtomicBool,
+    warned_too_large: AtomicBool,
+    metrics: L2Metrics,
+}
+
+/// L1 + optional L2, shared by every handler object of the process.
+pub struct Cache {
+    store: Store,
+    remote: Option<Remote>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.store)
+            .field("l2", &self.remote.is_some())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// Builds the cache. With `config.redis_url` set, `namespace` must be given (see
+    /// [`crate::namespace::resolve`]); no I/O happens here.
+    pub fn new(
+        config: &Config,
+        clock: SharedClock,
+        on_removal: Option<RemovalHook>,
+        namespace: Option<String>,
+    ) -> Result<Self> {
+        let store = Store::new(config, Arc::clone(&clock), on_removal);
+        let remote = match (&config.redis_url, namespace) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "namespace",
+                    "a namespace is required with Redis",
+                ))
+            }
+            (Some(urls), Some(namespace)) => {
+                let max_ttl = Duration::from_secs(config.max_ttl_seconds);
+                let l2 = L2::with_clock(
+                    L2Config {
+                        urls: urls.split(',').map(|u| u.trim().to_owned()).collect(),
+                        cluster: config.cluster,
+                        namespace,
+                        op_timeout: Duration::from_millis(config.redis_timeout_ms),
+                        connect_timeout: Duration::from_millis(config.redis_timeout_ms.max(1000)),
+                        max_ttl,
+                        log_max_len: 10_000,
+                        breaker: Default::default(),
+                    },
+                    clock,
+                )?;
+                Some(Remote {
+                    l2,
+                    cursor: Mutex::new(LogCursor::default()),
+                    refresh_gate: tokio::sync::Mutex::new(()),
+                    refresh_requested: AtomicU64::new(0),
+                    refresh_completed: AtomicU64::new(0),
+                    pending: Mutex::new(VecDeque::new()),
+                    replay_gate: tokio::sync::Mutex::new(()),
+                    compression: Compression {
+                        enabled: config.compress_min_bytes > 0,
+                        threshold_bytes: usize::try_from(config.compress_min_bytes)
+                            .unwrap_or(usize::MAX),
+                    },
+                    max_value: usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX),
+                    max_ttl,
+                    strict: config.strict,
+                    verified: AtomicBool::new(false),
+                    clock_synced: AtomicBool::new(false),
+                    warned_too_large: AtomicBool::new(false),
+                    metrics: L2Metrics::default(),
+                })
+            }
+        };
+        Ok(Self { store, remote })
+    }
+
+    /// The L1 store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether an L2 is configured.
+    pub fn has_l2(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The L2, when configured.
+    pub fn l2(&self) -> Option<&L2> {
+        self.remote.as_ref().map(|r| &r.l2)
+    }
+
+    /// L2 counters, when configured.
+    pub fn l2_metrics(&self) -> Option<&L2Metrics> {
+        self.remote.as_ref().map(|r| &r.metrics)
+    }
+
+    /// Invalidations waiting for Redis.
+    pub fn pending_invalidations(&self) -> usize {
+        self.remote.as_ref().map_or(0, |r| r.pending.lock().len())
+    }
+
+    /// L1 statistics.
+    pub fn stats(&self) -> Stats {
+        self.store.stats()
+    }
+
+    /// `get` from L1 only (no I/O). In strict mode, nothing is served while the tag state
+    /// cannot be verified.
+    pub fn get_local(&self, key: &str) -> Lookup {
+        if let Some(r) = &self.remote {
+            if r.strict && !r.verified.load(Ordering::Acquire) {
+                return Lookup::Miss;
+            }
+        }
+        self.store.get(key)
+    }
+
+    /// `get` from L2 after an L1 miss: read, check, promote into L1, judge. Never fails: any
+    /// problem is a miss (counted).
+    pub async fn get_remote(&self, key: &str) -> Lookup {
+        let Some(r) = &self.remote else {
+            return Lookup::Miss;
+        };
+        if r.strict && !r.verified.load(Ordering::Acquire) {
+            return Lookup::Miss;
+        }
+        self.ensure_clock().await;
+        let bytes = match r.l2.get_entry(key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                Metrics::inc(&r.metrics.misses);
+                return Lookup::Miss;
+            }
+            Err(_) => {
+                Metrics::inc(&r.metrics.errors);
+                return Lookup::Miss;
+            }
+        };
+        let decoded = match envelope::decode(&bytes, r.max_value) {
+            Ok(d) => d,
+            Err(_) => {
+                // Garbage under our key: a miss. It is left to its TTL; the next `set` of
+                // this key overwrites it.
+                Metrics::inc(&r.metrics.decode_errors);
+                return Lookup::Miss;
+            }
+        };
+        if decoded.key != key || decoded.kind != Kind::USE_CACHE {
+            Metrics::inc(&r.metrics.foreign);
+            return Lookup::Miss;
+        }
+        let offset = self.store.clock().offset();
+        let writer_offset = decoded.server_ts - decoded.timestamp;
+        let timestamp = if (writer_offset - offset).abs() <= SAME_CLOCK_MS {
+            decoded.timestamp
+        } else {
+            // Into this instance's clock, where Next compares it (design notes §1).
+            decoded.server_ts - offset
+        };
+        let meta = EntryMeta {
+            tags: decoded.tags,
+            stale: decoded.stale,
+            timestamp,
+            expire: decoded.expire,
+            revalidate: decoded.revalidate,
+        };
+        if meta.validate().is_err() || self.store.admit(&meta).ok().flatten().is_some() {
+            Metrics::inc(&r.metrics.misses);
+            return Lookup::Miss;
+        }
+        Metrics::inc(&r.metrics.hits);
+        let entry = Entry::new(
+            Arc::from(key),
+            Bytes::from(decoded.payload),
+            meta,
+            decoded.server_ts,
+        );
+        let entry = Arc::new(entry);
+        // Promote: the next read of this key is an L1 hit.
+        self.store.insert_shared(Arc::clone(&entry));
+        self.store.judge(entry)
+    }
+
+    /// `set` in L1 only (synchronous).
+    pub fn set_local(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetOutcome> {
+        self.store.set(key, value, meta)
+    }
+
+    /// `set`: L1 at once, then L2. Only invalid metadata is an error; L2 trouble is reported in
+    /// the [`SetReport`] and leaves the entry L1-only.
+    pub async fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetReport> {
+        self.ensure_clock().await;
+        let offset = self.store.clock().offset();
+        let server_ts = meta.timestamp + offset;
+        let l1 = match self.store.admit(&meta)? {
+            Some(outcome) => {
+                return Ok(SetReport {
+                    l1: outcome,
+                    l2: L2Write::None,
+                })
+            }
+            None => self.store.insert(Entry::new(
+                Arc::from(key),
+                value.clone(),
+                meta.clone(),
+                server_ts,
+            )),
+        };
+        let Some(r) = &self.remote else {
+            return Ok(SetReport {
+                l1,
+                l2: L2Write::None,
+            });
+        };
+        if value.len() > r.max_value {
+            Metrics::inc(&r.metrics.too_large);
+            let first = !r.warned_too_large.swap(true, Ordering::Relaxed);
+            return Ok(SetReport {
+                l1,
+                l2: L2Write::TooLarge { first },
+            });
+        }
+        let envelope = match envelope::encode(
+            &EnvelopeMeta {
+                kind: Kind::USE_CACHE,
+                key,
+                tags: &meta.tags,
+                timestamp: meta.timestamp,
+                server_ts,
+                stale: meta.stale,
+                revalidate: meta.revalidate,
+                expire: meta.expire,
+                extra: &[],
+            },
+            &value,
+            r.compression,
+        ) {
+            Ok(e) => e,
+            Err(e) => return Err(Error::invalid_arg("entry", e.to_string())),
+        };
+        let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
+        let ttl = Duration::from_secs_f64((remaining_ms / 1000.0).clamp(0.001, 1e9)).min(r.max_ttl);
+        let l2 = match r.l2.set_entry(key, &envelope, ttl).await {
+            Ok(()) => {
+                Metrics::inc(&r.metrics.writes);
+                L2Write::Written
+            }
+            Err(_) => {
+                Metrics::inc(&r.metrics.write_errors);
+                L2Write::Failed
+            }
+        };
+        Ok(SetReport { l1, l2 })
+    }
+
+    /// `updateTags` without L2 (synchronous).
+    pub fn update_tags_local(&self, tags: &[String], durations: Option<Durations>) {
+        self.store.update_tags(tags, durations);
+    }
+
+    /// `updateTags`: recorded atomically in Redis (stamped by Redis' clock) and mirrored here.
+    /// If Redis cannot take it, it is applied locally at once and queued for delivery (strict
+    /// mode: applied locally and rejected).
+    pub async fn update_tags(&self, tags: &[String], durations: Option<Durations>) -> Result<()> {
+        let Some(r) = &self.remote else {
+            self.store.update_tags(tags, durations);
+            return Ok(());
+        };
+        self.ensure_clock().await;
+        // Earlier queued invalidations go first, in order.
+        self.replay().await;
+        let queued = !r.pending.lock().is_empty();
+        if !queued {
+            match r.l2.update_tags(tags, durations).await {
+                Ok(update) => {
+                    self.store.apply_tag_states(&update.states);
+                    Metrics::add(&self.store.metrics().tags_updated, tags.len() as u64);
+                    Metrics::inc(&r.metrics.invalidations);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.store.update_tags(tags, durations);
+                    if r.strict {
+                        return Err(e);
+                    }
+                }
+            }
+        } else {
+            self.store.update_tags(tags, durations);
+            if r.strict {
+                return Err(Error::Unavailable(
+                    "earlier invalidations are still waiting for Redis".into(),
+                ));
+            }
+        }
+        r.pending.lock().push_back((tags.to_vec(), durations));
+        r.verified.store(false, Ordering::Release);
+        Metrics::inc(&r.metrics.invalidations_queued);
+        Ok(())
+    }
+
+    /// Delivers queued invalidations, oldest first; stops at the first failure.
+    pub async fn replay(&self) {
+        let Some(r) = &self.remote else { return };
+        if r.pending.lock().is_empty() {
+            return;
+        }
+        let _gate = r.replay_gate.lock().await;
+        loop {
+            let next = r.pending.lock().front().cloned();
+            let Some((tags, durations)) = next else { break };
+            match r.l2.update_tags(&tags, durations).await {
+                Ok(update) => {
+                    r.pending.lock().pop_front();
+                    self.store.apply_tag_states(&update.states);
+                    Metrics::inc(&r.metrics.invalidations_replayed);
+                    Metrics::inc(&r.metrics.invalidations);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// `refreshTags`: brings the mirrored tag state up to date in (usually) one round trip.
+    /// Concurrent callers share a read that started after they called.
+    pub async fn refresh_tags(&self) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
+        let ticket = r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let _gate = r.refresh_gate.lock().await;
+        if r.refresh_completed.load(Ordering::Acquire) >= ticket {
+            // A refresh that started after this call finished while we waited.
+            return if r.strict && !r.verified.load(Ordering::Acquire) {
+                Err(Error::Unavailable(
+                    "tag state could not be refreshed".into(),
+                ))
+            } else {
+                Ok(())
+            };
+        }
+        // Every request registered up to here is covered by the read that starts now.
+        let covered = r.refresh_requested.load(Ordering::Acquire);
+        let result = self.refresh_once(r).await;
+        r.refresh_completed.store(covered, Ordering::Release);
+        r.verified.store(result.is_ok(), Ordering::Release);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if r.strict => Err(e),
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn refresh_once(&self, r: &Remote) -> Result<()> {
+        self.ensure_clock().await;
+        self.replay().await;
+        if !r.pending.lock().is_empty() {
+            // Our own invalidations are not in Redis yet; a resync would forget them.
+            return Err(Error::Unavailable(
+                "invalidations are waiting for Redis".into(),
+            ));
+        }
+        loop {
+            let cursor = r.cursor.lock().clone();
+            Metrics::inc(&r.metrics.refreshes);
+            match r.l2.refresh(&cursor).await? {
+                Refresh::Incremental {
+                    cursor,
+                    changes,
+                    more,
+                } => {
+                    self.store.apply_tag_states(&changes);
+                    *r.cursor.lock() = cursor;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+                Refresh::Resync {
+                    cursor,
+                    all,
+                    data_lost,
+                } => {
+                    Metrics::inc(&r.metrics.resyncs);
+                    if data_lost {
+                        Metrics::inc(&r.metrics.data_lost);
+                    }
+                    self.store.replace_tag_states(&all, data_lost);
+                    *r.cursor.lock() = cursor;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Measures the offset to Redis' clock once, if never done.
+    async fn ensure_clock(&self) {
+        let Some(r) = &self.remote else { return };
+        if !r.clock_synced.load(Ordering::Acquire) {
+            self.sync_clock().await;
+        }
+    }
+
+    /// Re-measures `offset = redis_time − local_time` (error ≈ half a round trip).
+    pub async fn sync_clock(&self) {
+        let Some(r) = &self.remote else { return };
+        if let Ok(t) = r.l2.server_time().await {
+            self.store.clock().set_offset(t.server_ms - t.local_mid_ms);
+            r.clock_synced.store(true, Ordering::Release);
+        }
+    }
+
+    /// Background upkeep: deliver queued invalidations, re-measure the clock offset.
+    pub async fn maintenance(&self, clock_due: bool) {
+        self.replay().await;
+        if clock_due {
+            self.sync_clock().await;
+        }
+    }
+
+    /// `getExpiration(tags)` (no I/O; `refreshTags` keeps the mirror current).
+    pub fn get_expiration(&self, tags: &[String]) -> f64 {
+        self.store.get_expiration(tags)
+    }
+}

@@ -1,0 +1,1004 @@
+//! The shared Redis L2: entries, the tag state and its invalidation log (design notes §1–§3, §7).
+//!
+//! # Keys (Redis Cluster safe)
+//!
+//! * Entries: `sc:<ns>:e:{<xxh3-128 of the Next key, 32 hex>}`, hash-tagged by the entry, so
+//!   entries spread over every slot. The full Next key is inside the envelope; the layer above
+//!   compares it, so a hash collision is a miss, never a wrong page.
+//! * Tag state, its index, its log and its epoch share one hash tag, `{sc:<ns>:tags}`, so one
+//!   script updates them atomically on one node:
+//!   * `{sc:<ns>:tags}:state`: HASH tag → `"stale|expired|updated_at"` (ms in the Redis clock,
+//!     empty for none; `%.17g`, so every stamp round-trips exactly);
+//!   * `{sc:<ns>:tags}:idx`: ZSET tag → the last time the record can matter (for pruning);
+//!   * `{sc:<ns>:tags}:log`: STREAM, one entry per `update_tags` (tag → new state), trimmed
+//!     with `MAXLEN ~`;
+//!   * `{sc:<ns>:tags}:epoch`: STRING, the identity of the tag state. It is created with the
+//!     first invalidation; when it vanishes or changes, Redis lost data (restarted empty,
+//!     flushed) and every instance resynchronises and drops its L1.
+//!
+//! The tag keys carry no TTL: with a `volatile-*` eviction policy only entries (which all have
+//! one) are evicted. Under `allkeys-*` a lost tag key is detected through the epoch only.
+//!
+//! # Scripts
+//!
+//! `lua/update_tags.lua`, `lua/refresh.lua` and `lua/time.lua`, run with `EVALSHA` through
+//! [`redis::Script`] (which loads them on `NOSCRIPT`). Their cost never depends on how many
+//! entries carry a tag: entries are never scanned or deleted by tag, they are judged against
+//! the tag state when read and leave Redis by their TTL. Nothing here uses `CONFIG`, `KEYS`,
+//! `SCAN` or keyspace notifications, so managed Redis works. Redis ≥ 6.2 (exclusive `XRANGE`).
+//!
+//! # Failure behaviour
+//!
+//! Every call is gated by the [`Breaker`] (open → [`Error::Unavailable`]`("circuit open")`
+//! at once, without I/O) and bounded by `op_timeout` (→ [`Error::Timeout`], which includes
+//! waiting for a connection). Timeouts and connection errors trip the breaker; any reply,
+//! including an error reply, counts as a success. No call is retried.
+//!
+//! The connection is made lazily, by the first call, in a background task bounded by
+//! `connect_timeout` (callers wait for it within their own `op_timeout`, so a slow first connect
+//! keeps progressing across calls). A failed connect leaves nothing behind: the next call tries
+//! again. After a connection error the connection is dropped and the next call connects anew,
+//! so the breaker's single probe finds a restarted Redis at once (the connection manager alone
+//! would fail the first call after a restart while it reconnects in the background).
+//!
+//! Passwords in URLs never reach an error message: URLs are shown through
+//! [`redact_url`], and any text from the client library is scrubbed of the credentials.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Script, ScriptInvocation,
+    ServerErrorKind, Value,
+};
+use tokio::sync::watch;
+
+use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{redact_url, validate_namespace};
+use crate::error::{Error, Result};
+use crate::tags::{Durations, TagState};
+
+static UPDATE_TAGS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/update_tags.lua")));
+static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/refresh.lua")));
+static TIME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/time.lua")));
+
+/// Log entries read per `refresh` round trip; [`Refresh::Incremental::more`] says when to call
+/// again.
+pub const REFRESH_BATCH: usize = 512;
+
+/// A `durations.expire` beyond this many seconds (or infinite) is stored as this: about 31 700
+/// years, so "never" stays a finite, exactly representable stamp.
+const MAX_EXPIRE_SECONDS: f64 = 1e12;
+
+/// Configuration of the L2.
+#[derive(Clone)]
+pub struct L2Config {
+    /// One URL = a single server; several (or `cluster = true`) = Redis Cluster seed nodes.
+    pub urls: Vec<String>,
+    /// Treat `urls` as Redis Cluster seed nodes even when there is only one.
+    pub cluster: bool,
+    /// The namespace prefixing every key (printable ASCII, no braces, at most 128 bytes).
+    pub namespace: String,
+    /// Deadline of every Redis call, including waiting for a connection (default 250 ms).
+    pub op_timeout: Duration,
+    /// Deadline of one connection attempt (default 1 s).
+    pub connect_timeout: Duration,
+    /// Cap on any entry TTL and retention of tag records (default 30 days).
+    pub max_ttl: Duration,
+    /// Approximate cap on the length of the invalidation log (default 10 000).
+    pub log_max_len: usize,
+    /// The circuit breaker's tuning.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for L2Config {
+    /// No URL (set one), namespace `"default"`, and the defaults documented on each field.
+    fn default() -> Self {
+        L2Config {
+            urls: Vec::new(),
+            cluster: false,
+            namespace: "default".to_owned(),
+            op_timeout: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            log_max_len: 10_000,
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for L2Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("L2Config")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("namespace", &self.namespace)
+            .field("op_timeout", &self.op_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_ttl", &self.max_ttl)
+            .field("log_max_len", &self.log_max_len)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+/// The Redis keys of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    namespace: String,
+    tags_prefix: String,
+}
+
+impl Keys {
+    /// The keys of `namespace` (not validated here; [`L2::new`] does).
+    pub fn new(namespace: &str) -> Self {
+        Keys {
+            namespace: namespace.to_owned(),
+            tags_prefix: format!("{{sc:{namespace}:tags}}:"),
+        }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The key of the entry of Next key `next_key`: `sc:<ns>:e:{<xxh3-128 hex>}`.
+    pub fn entry(&self, next_key: &str) -> String {
+        let hash = xxhash_rust::xxh3::xxh3_128(next_key.as_bytes());
+        format!("sc:{}:e:{{{hash:032x}}}", self.namespace)
+    }
+
+    /// The tag state HASH (tag → `"stale|expired|updated_at"`).
+    pub fn tag_state(&self) -> String {
+        format!("{}state", self.tags_prefix)
+    }
+
+    /// The pruning index ZSET (tag → last time the record can matter, ms).
+    pub fn tag_index(&self) -> String {
+        format!("{}idx", self.tags_prefix)
+    }
+
+    /// The invalidation log STREAM.
+    pub fn tag_log(&self) -> String {
+        format!("{}log", self.tags_prefix)
+    }
+
+    /// The epoch STRING (identity of the tag state).
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.tags_prefix)
+    }
+}
+
+/// Where an instance is in the invalidation log. The default (empty) cursor = never synced.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct LogCursor {
+    /// The epoch the cursor belongs to (empty = none seen).
+    pub epoch: String,
+    /// The last log entry id read (empty = none).
+    pub last_id: String,
+}
+
+/// What [`L2::update_tags`] recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TagUpdate {
+    /// The invalidation time, from Redis' clock (`TIME`), in ms.
+    pub server_now_ms: f64,
+    /// The new state of every distinct tag given, in the order given.
+    pub states: Vec<(String, TagState)>,
+    /// The epoch and the id of the (last) log entry this update wrote; the default cursor when
+    /// no tag was given (nothing was written).
+    pub cursor_after: LogCursor,
+}
+
+/// The answer of [`L2::refresh`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refresh {
+    /// Changes since the cursor, in log order (later wins); empty when nothing happened.
+    Incremental {
+        /// The cursor to use next time.
+        cursor: LogCursor,
+        /// `(tag, new state)` in log order.
+        changes: Vec<(String, TagState)>,
+        /// The batch was full ([`REFRESH_BATCH`] log entries): call again with `cursor`.
+        more: bool,
+    },
+    /// The whole state: the cursor's epoch is not the current one, or log entries after it were
+    /// trimmed away. Replace the mirror with `all`.
+    Resync {
+        /// The cursor to use next time.
+        cursor: LogCursor,
+        /// Every tag record.
+        all: Vec<(String, TagState)>,
+        /// The epoch changed or vanished (Redis restarted empty, was flushed, failed over to a
+        /// replica that lacked invalidations we had seen): entries cached before may have
+        /// missed invalidations, so the caller must drop its L1.
+        data_lost: bool,
+    },
+}
+
+/// One reading of the Redis clock.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ServerTime {
+    /// Redis `TIME` in ms (on the node that stamps invalidations).
+    pub server_ms: f64,
+    /// The local wall clock at the midpoint of the round trip, in ms.
+    pub local_mid_ms: f64,
+    /// The round trip in ms; `server_ms - local_mid_ms` is off by at most about half of it.
+    pub rtt_ms: f64,
+}
+
+/// The Redis L2. `Send + Sync`; share it in an `Arc`. Use it from one tokio runtime (the
+/// connection's I/O task lives on the runtime of the first call).
+pub struct L2 {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for L2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("L2")
+            .field("targets", &self.inner.targets)
+            .field("namespace", &self.inner.keys.namespace)
+            .field("breaker", &self.inner.breaker.state())
+            .finish()
+    }
+}
+
+struct Inner {
+    backend: Backend,
+    /// Redacted URLs, for messages.
+    targets: String,
+    /// Credentials as they may appear in the client library's messages.
+    secrets: Vec<String>,
+    keys: Keys,
+    breaker: Breaker,
+    clock: SharedClock,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    max_ttl_ms: u64,
+    log_max_len: usize,
+    slot: Mutex<Slot>,
+    generation: AtomicU64,
+}
+
+enum Backend {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to a single server or a cluster; cheap to clone (both are handles).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+type ConnectOutcome = Option<RedisResult<Conn>>;
+
+/// The lazily made connection. Each connection attempt and each connection has a generation,
+/// so a failure reported on an old connection never drops a newer one.
+enum Slot {
+    Empty,
+    Connecting {
+        generation: u64,
+        rx: watch::Receiver<ConnectOutcome>,
+    },
+    Ready {
+        generation: u64,
+        conn: Conn,
+    },
+}
+
+/// One request to Redis.
+enum Request {
+    Cmd(Cmd),
+    Script(ScriptInvocation<'static>),
+}
+
+/// What a failed call means for the breaker and the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Redis answered (possibly with an error): it is up.
+    Answered,
+    /// Slow: trips the breaker, the connection is kept (a slow Redis is not helped by more
+    /// connections).
+    Slow,
+    /// The connection failed: trips the breaker, the next call connects anew.
+    Broken,
+}
+
+impl L2 {
+    /// An L2 for `cfg`, reading the local clock for [`L2::server_time`] from the system clock.
+    /// No I/O: the connection is made by the first call.
+    pub fn new(cfg: L2Config) -> Result<Self> {
+        Self::with_clock(cfg, Arc::new(SystemClock))
+    }
+
+    /// Like [`L2::new`], with the local clock [`L2::server_time`] compares against (the clock
+    /// the caller's offset applies to).
+    pub fn with_clock(cfg: L2Config, clock: SharedClock) -> Result<Self> {
+        validate_namespace(&cfg.namespace)?;
+        let urls: Vec<String> = cfg
+            .urls
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(Error::config("redis", "no Redis URL given"));
+        }
+        let op_timeout = cfg.op_timeout.max(Duration::from_millis(1));
+        let connect_timeout = cfg.connect_timeout.max(Duration::from_millis(1));
+        let targets = urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
+        let secrets = secrets_of(&urls);
+        let scrub_all = |e: &RedisError| scrub(&e.to_string(), &secrets);
+        let backend = if cfg.cluster || urls.len() > 1 {
+            let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                .connection_timeout(connect_timeout)
+                .response_timeout(op_timeout)
+                // Redirections (MOVED/ASK) after a resharding count as retries; anything
+                // slower is cut by `op_timeout` anyway.
+                .retries(2)
+                .build()
+                .map_err(|e| Error::config("redis", format!("{targets}: {}", scrub_all(&e))))?;
+            Backend::Cluster(Box::new(client))
+        } else {
+            let url = &urls[0];
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                Error::config("redis", format!("{}: {}", redact_url(url), scrub_all(&e)))
+            })?;
+            Backend::Single(client)
+        };
+        let max_ttl_ms = u64::try_from(cfg.max_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Ok(L2 {
+            inner: Arc::new(Inner {
+                backend,
+                targets,
+                secrets,
+                keys: Keys::new(&cfg.namespace),
+                breaker: Breaker::new(cfg.breaker),
+                clock,
+                op_timeout,
+                connect_timeout,
+                max_ttl_ms,
+                log_max_len: cfg.log_max_len.max(1),
+                slot: Mutex::new(Slot::Empty),
+                generation: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The keys of this namespace.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The circuit breaker guarding every call.
+    pub fn breaker(&self) -> &Breaker {
+        &self.inner.breaker
+    }
+
+    /// The raw stored bytes (an envelope) of Next key `key`, or `None`.
+    pub async fn get_entry(&self, key: &str) -> Result<Option<Bytes>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.inner.keys.entry(key));
+        match self.call("get_entry", Request::Cmd(cmd)).await? {
+            Value::Nil => Ok(None),
+            // `Vec<u8>` → `Bytes` takes over the reply's buffer: no copy.
+            Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
+            other => Err(unexpected("GET", &other)),
+        }
+    }
+
+    /// Stores `value` under Next key `key` for `ttl`, clamped to `[1 ms, max_ttl]` (rounded up
+    /// to whole ms).
+    pub async fn set_entry(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+            .unwrap_or(u64::MAX)
+            .clamp(1, self.inner.max_ttl_ms);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.inner.keys.entry(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms);
+        match self.call("set_entry", Request::Cmd(cmd)).await? {
+            Value::Okay => Ok(()),
+            Value::SimpleString(s) if s == "OK" => Ok(()),
+            other => Err(unexpected("SET", &other)),
+        }
+    }
+
+    /// Deletes the entry of Next key `key` (for garbage found under it; `UNLINK`, so a large
+    /// value is freed off Redis' main thread).
+    pub async fn delete_entry(&self, key: &str) -> Result<()> {
+        let mut cmd = redis::cmd("UNLINK");
+        cmd.arg(self.inner.keys.entry(key));
+        match self.call("delete_entry", Request::Cmd(cmd)).await? {
+            Value::Int(_) => Ok(()),
+            other => Err(unexpected("UNLINK", &other)),
+        }
+    }
+
+    /// `updateTags(tags, durations)`, recorded atomically in Redis with Redis' clock (the rules
+    /// of [`crate::tags`]), appended to the invalidation log. Duplicate tags count once.
+    ///
+    /// A non-finite `durations.expire` is stored as about 31 700 years ("never"); NaN is an
+    /// invalid argument.
+    pub async fn update_tags(
+        &self,
+        tags: &[String],
+        durations: Option<Durations>,
+    ) -> Result<TagUpdate> {
+        let (mode, expire) = match durations {
+            None => ("n", 0.0),
+            Some(Durations { expire: None }) => ("d", 0.0),
+            Some(Durations { expire: Some(e) }) if e.is_nan() => {
+                return Err(Error::invalid_arg("durations.expire", "must be a number"))
+            }
+            Some(Durations { expire: Some(e) }) => {
+                ("x", e.clamp(-MAX_EXPIRE_SECONDS, MAX_EXPIRE_SECONDS))
+            }
+        };
+        let mut distinct: Vec<&str> = Vec::with_capacity(tags.len());
+        {
+            let mut seen = std::collections::HashSet::with_capacity(tags.len());
+            for t in tags {
+                if seen.insert(t.as_str()) {
+                    distinct.push(t.as_str());
+                }
+            }
+        }
+        let keys = &self.inner.keys;
+        let mut inv = UPDATE_TAGS.prepare_invoke();
+        inv.key(keys.tag_state())
+            .key(keys.tag_index())
+            .key(keys.tag_log())
+            .key(keys.epoch())
+            .arg(mode)
+            // Rust prints the shortest string that parses back to the same f64, without an
+            // exponent; Lua then computes `now + expire * 1000` exactly as `tags.rs` does.
+            .arg(expire.to_string())
+            .arg(self.inner.max_ttl_ms)
+            .arg(self.inner.log_max_len)
+            .arg(format!("{:016x}", rand::random::<u64>()));
+        for t in &distinct {
+            inv.arg(*t);
+        }
+        let reply = self.call("update_tags", Request::Script(inv)).await?;
+        let mut items = strings(reply, "update_tags")?.into_iter();
+        let (Some(now), Some(last_id), Some(epoch)) = (items.next(), items.next(), items.next())
+        else {
+            return Err(Error::Redis("update_tags: short reply".to_owned()));
+        };
+        let server_now_ms = parse_ms(&now)?;
+        let states: Vec<(String, TagState)> = distinct
+            .iter()
+            .zip(items.by_ref())
+            .map(|(tag, v)| Ok(((*tag).to_owned(), parse_state(&v)?)))
+            .collect::<Result<_>>()?;
+        if states.len() != distinct.len() || items.next().is_some() {
+            return Err(Error::Redis(
+                "update_tags: reply does not match the tags".into(),
+            ));
+        }
+        let cursor_after = if last_id.is_empty() {
+            LogCursor::default()
+        } else {
+            LogCursor { epoch, last_id }
+        };
+        Ok(TagUpdate {
+            server_now_ms,
+            states,
+            cursor_after,
+        })
+    }
+
+    /// What changed in the tag state since `cursor` (one round trip). See [`Refresh`].
+    pub async fn refresh(&self, cursor: &LogCursor) -> Result<Refresh> {
+        let keys = &self.inner.keys;
+        let mut inv = REFRESH.prepare_invoke();
+        inv.key(keys.tag_state())
+            .key(keys.tag_log())
+            .key(keys.epoch())
+            .arg(cursor.epoch.as_str())
+            .arg(cursor.last_id.as_str())
+            .arg(REFRESH_BATCH);
+        let reply = self.call("refresh", Request::Script(inv)).await?;
+        let mut items = strings(reply, "refresh")?.into_iter();
+        let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
+            (items.next(), items.next(), items.next(), items.next())
+        else {
+            return Err(Error::Redis("refresh: short reply".to_owned()));
+        };
+        let rest: Vec<String> = items.collect();
+        let fields = rest.chunks_exact(2);
+        if !fields.remainder().is_empty() {
+            return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+        }
+        let pairs = fields
+            .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
+            .collect::<Result<Vec<_>>>()?;
+        let cursor = if epoch.is_empty() {
+            LogCursor::default()
+        } else {
+            LogCursor { epoch, last_id }
+        };
+        let flag = flag == "1";
+        match kind.as_str() {
+            "I" => Ok(Refresh::Incremental {
+                cursor,
+                changes: pairs,
+                more: flag,
+            }),
+            "R" => Ok(Refresh::Resync {
+                cursor,
+                all: pairs,
+                data_lost: flag,
+            }),
+            other => Err(Error::Redis(format!(
+                "refresh: unknown reply kind {other:?}"
+            ))),
+        }
+    }
+
+    /// Reads Redis' clock on the node that stamps invalidations; the caller's offset estimate
+    /// is `server_ms - local_mid_ms`.
+    pub async fn server_time(&self) -> Result<ServerTime> {
+        let mut inv = TIME.prepare_invoke();
+        inv.key(self.inner.keys.epoch());
+        let before = self.inner.clock.now_ms();
+        let started = Instant::now();
+        let reply = self.call("server_time", Request::Script(inv)).await?;
+        let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let after = self.inner.clock.now_ms();
+        let parts = strings(reply, "server_time")?;
+        let [sec, usec] = parts.as_slice() else {
+            return Err(Error::Redis("TIME: expected two fields".to_owned()));
+        };
+        let (Ok(sec), Ok(usec)) = (sec.parse::<f64>(), usec.parse::<f64>()) else {
+            return Err(Error::Redis("TIME: not numbers".to_owned()));
+        };
+        Ok(ServerTime {
+            server_ms: sec * 1000.0 + usec / 1000.0,
+            local_mid_ms: (before + after) / 2.0,
+            rtt_ms,
+        })
+    }
+
+    /// One Redis call: breaker, deadline, connection, error mapping.
+    async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
+        let Some(permit) = self.inner.breaker.try_acquire() else {
+            return Err(Error::Unavailable("circuit open".to_owned()));
+        };
+        let mut used = None;
+        let attempt = async {
+            let (generation, mut conn) = self.inner.connection().await?;
+            used = Some(generation);
+            match &req {
+                Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
+                Request::Script(inv) => inv.invoke_async::<Value>(&mut conn).await,
+            }
+        };
+        let outcome = tokio::time::timeout(self.inner.op_timeout, attempt).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                permit.success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let (error, verdict) = self.inner.classify(op, &e);
+                self.inner.report(permit, verdict, used);
+                Err(error)
+            }
+            Err(_elapsed) => {
+                self.inner.report(permit, Verdict::Slow, used);
+                Err(self.inner.timeout(op))
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn timeout(&self, op: &'static str) -> Error {
+        Error::Timeout {
+            op,
+            ms: u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn report(&self, permit: Permit, verdict: Verdict, generation: Option<u64>) {
+        match verdict {
+            Verdict::Answered => permit.success(),
+            Verdict::Slow => permit.failure(),
+            Verdict::Broken => {
+                if let Some(generation) = generation {
+                    self.forget(generation);
+                }
+                permit.failure();
+            }
+        }
+    }
+
+    fn classify(&self, op: &'static str, e: &RedisError) -> (Error, Verdict) {
+        if e.is_timeout() {
+            return (self.timeout(op), Verdict::Slow);
+        }
+        let message = || format!("{op}: {}", scrub(&e.to_string(), &self.secrets));
+        match e.kind() {
+            ErrorKind::Io
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::AuthenticationFailed => (Error::Unavailable(message()), Verdict::Broken),
+            // Answers, but Redis cannot serve right now.
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::TryAgain,
+            ) => (Error::Unavailable(message()), Verdict::Answered),
+            _ => (Error::Redis(message()), Verdict::Answered),
+        }
+    }
+
+    /// The connection, made on first use (see the module docs).
+    async fn connection(self: &Arc<Self>) -> RedisResult<(u64, Conn)> {
+        let (generation, mut rx) = {
+            let mut slot = self.slot.lock();
+            match &*slot {
+                Slot::Ready { generation, conn } => return Ok((*generation, conn.clone())),
+                Slot::Connecting { generation, rx } => (*generation, rx.clone()),
+                Slot::Empty => {
+                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                        return Err(RedisError::from((
+                            ErrorKind::Client,
+                            "strata-core L2 used outside a tokio runtime",
+                        )));
+                    };
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    let (tx, rx) = watch::channel(None);
+                    *slot = Slot::Connecting {
+                        generation,
+                        rx: rx.clone(),
+                    };
+                    runtime.spawn(Arc::clone(self).connect(generation, tx));
+                    (generation, rx)
+                }
+            }
+        };
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(result) => result.map(|conn| (generation, conn)),
+            None => Err(RedisError::from((
+                ErrorKind::Io,
+                "the connection attempt was abandoned",
+            ))),
+        }
+    }
+
+    /// Makes connection `generation` and publishes the outcome. Runs as its own task, so it
+    /// progresses while callers give up at their deadline.
+    async fn connect(self: Arc<Self>, generation: u64, tx: watch::Sender<ConnectOutcome>) {
+        /// Clears the slot if the task ends without publishing (runtime shutting down), so the
+        /// next call tries again instead of waiting for an attempt that will never finish.
+        struct Abandoned<'a>(&'a Inner, u64, bool);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    let mut slot = self.0.slot.lock();
+                    if matches!(&*slot, Slot::Connecting { generation, .. } if *generation == self.1)
+                    {
+                        *slot = Slot::Empty;
+                    }
+                }
+            }
+        }
+        let mut guard = Abandoned(&self, generation, true);
+        // The cluster client may try several seeds and then read the slot map.
+        let deadline = self.connect_timeout + self.op_timeout;
+        let result = match tokio::time::timeout(deadline, self.open()).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        };
+        {
+            let mut slot = self.slot.lock();
+            if matches!(&*slot, Slot::Connecting { generation: g, .. } if *g == generation) {
+                *slot = match &result {
+                    Ok(conn) => Slot::Ready {
+                        generation,
+                        conn: conn.clone(),
+                    },
+                    Err(_) => Slot::Empty,
+                };
+            }
+        }
+        guard.2 = false;
+        drop(guard);
+        tx.send_replace(Some(result));
+    }
+
+    async fn open(&self) -> RedisResult<Conn> {
+        match &self.backend {
+            Backend::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.op_timeout))
+                    // One attempt per connect: a failure goes back to the caller (and the
+                    // breaker) instead of being retried with back-off inside a request.
+                    .set_number_of_retries(0);
+                ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(Conn::Single)
+            }
+            Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+
+    /// Drops connection `generation` after it failed, so the next call connects anew.
+    fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock();
+        if matches!(&*slot, Slot::Ready { generation: g, .. } if *g == generation) {
+            *slot = Slot::Empty;
+        }
+    }
+}
+
+/// The credentials in `urls` as they may appear in text: `user:password`, the password alone,
+/// raw and percent-decoded.
+fn secrets_of(urls: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for url in urls {
+        let Some(scheme_end) = url.find("://") else {
+            continue;
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        let Some(at) = authority.rfind('@') else {
+            continue;
+        };
+        let userinfo = &authority[..at];
+        let mut candidates = vec![userinfo.to_owned()];
+        if let Some((_, password)) = userinfo.split_once(':') {
+            candidates.push(password.to_owned());
+        }
+        for c in candidates {
+            let decoded = percent_decode(&c);
+            for s in [c, decoded] {
+                if !s.is_empty() && !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    // Longest first, so `user:password` is replaced before `password`.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "***");
+        }
+    }
+    text
+}
+
+fn unexpected(what: &str, v: &Value) -> Error {
+    let shape = match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a bulk string",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) => "a status",
+        Value::Okay => "OK",
+        _ => "another type",
+    };
+    Error::Redis(format!("{what}: unexpected reply ({shape})"))
+}
+
+/// A script's reply: a flat array of strings.
+fn strings(v: Value, what: &str) -> Result<Vec<String>> {
+    let Value::Array(items) = v else {
+        return Err(unexpected(what, &v));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::BulkString(b) => String::from_utf8(b)
+                .map_err(|_| Error::Redis(format!("{what}: reply is not UTF-8"))),
+            Value::SimpleString(s) => Ok(s),
+            Value::Int(i) => Ok(i.to_string()),
+            other => Err(unexpected(what, &other)),
+        })
+        .collect()
+}
+
+fn parse_ms(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(Error::Redis(format!("malformed time {s:?}"))),
+    }
+}
+
+/// `"stale|expired|updated_at"`, empty = none.
+fn parse_state(s: &str) -> Result<TagState> {
+    let mut parts = s.split('|');
+    let (Some(stale), Some(expired), Some(updated), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Redis(format!("malformed tag state {s:?}")));
+    };
+    let opt = |p: &str| -> Result<Option<f64>> {
+        if p.is_empty() {
+            Ok(None)
+        } else {
+            parse_ms(p).map(Some)
+        }
+    };
+    Ok(TagState {
+        stale: opt(stale)?,
+        expired: opt(expired)?,
+        updated_at: parse_ms(updated)?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(urls: &[&str]) -> L2Config {
+        L2Config {
+            urls: urls.iter().map(|s| s.to_string()).collect(),
+            namespace: "app-1".to_owned(),
+            ..L2Config::default()
+        }
+    }
+
+    #[test]
+    fn is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<L2>();
+    }
+
+    #[test]
+    fn keys_are_cluster_safe() {
+        let k = Keys::new("ns");
+        let e = k.entry("/blog/1");
+        assert!(e.starts_with("sc:ns:e:{") && e.ends_with('}'), "{e}");
+        assert_eq!(e.len(), "sc:ns:e:{}".len() + 32);
+        assert_ne!(e, k.entry("/blog/2"));
+        assert_eq!(e, Keys::new("ns").entry("/blog/1"));
+        for key in [k.tag_state(), k.tag_index(), k.tag_log(), k.epoch()] {
+            assert!(key.starts_with("{sc:ns:tags}:"), "{key}");
+        }
+        assert_eq!(k.tag_state(), "{sc:ns:tags}:state");
+        assert_ne!(Keys::new("other").tag_state(), k.tag_state());
+    }
+
+    #[test]
+    fn new_does_no_io_and_validates() {
+        // Nothing listens here; `new` must succeed anyway (lazy connection).
+        assert!(L2::new(cfg(&["redis://127.0.0.1:1"])).is_ok());
+        assert!(L2::new(cfg(&["redis://127.0.0.1:1", "redis://127.0.0.1:2"])).is_ok());
+        assert!(matches!(L2::new(cfg(&[])), Err(Error::Config { .. })));
+        let mut bad_ns = cfg(&["redis://127.0.0.1:1"]);
+        bad_ns.namespace = "a{b}".into();
+        assert!(matches!(L2::new(bad_ns), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn passwords_never_appear_in_errors_or_debug() {
+        let url = "redis://user:s3cr%40t@[::1:bad";
+        let err = L2::new(cfg(&[url])).unwrap_err().to_string();
+        assert!(!err.contains("s3cr"), "{err}");
+        let c = cfg(&["redis://user:hunter2@localhost:6379"]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        let l2 = L2::new(c).unwrap();
+        assert!(!format!("{l2:?}").contains("hunter2"));
+        let secrets = secrets_of(&["redis://u:p%40ss@h:1".to_owned()]);
+        assert_eq!(scrub("x u:p%40ss y p@ss z", &secrets), "x *** y *** z");
+    }
+
+    #[test]
+    fn state_strings_round_trip() {
+        let s = parse_state("1795357925414.6108||1795357925414.6108").unwrap();
+        assert_eq!(s.stale, Some(1_795_357_925_414.610_8));
+        assert_eq!(s.expired, None);
+        assert_eq!(s.updated_at, 1_795_357_925_414.610_8);
+        assert!(parse_state("1|2").is_err());
+        assert!(parse_state("1|2|3|4").is_err());
+        assert!(parse_state("x||1").is_err());
+        assert!(parse_state("||").is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_fast_and_is_retried() {
+        // Port 1 refuses connections: every call fails with Unavailable, none is permanent.
+        let mut c = cfg(&["redis://127.0.0.1:1"]);
+        c.breaker.failure_threshold = 100;
+        let l2 = L2::new(c).unwrap();
+        for _ in 0..3 {
+            let e = l2.get_entry("k").await.unwrap_err();
+            assert!(matches!(e, Error::Unavailable(_)), "{e}");
+        }
+        assert_eq!(l2.breaker().stats().consecutive_failures, 3);
+    }
+}
