@@ -142,6 +142,13 @@ export interface StrataStats {
 /** Counters of this process (handler calls, L1 and tags). */
 export declare function stats(): StrataStats
 
+/**
+ * Delivers invalidations queued while Redis was unavailable, waiting up to `timeoutMs`
+ * (default 5000). Resolves with how many are still queued (0 = all delivered). Call it before a
+ * graceful shutdown so no invalidation is left behind.
+ */
+export declare function flush(options?: { timeoutMs?: number }): Promise<number>
+
 /** The configuration in effect, with the Redis URL redacted; `null` before the first use. */
 export declare function config(): null | {
   l1MaxBytes: number

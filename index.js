@@ -312,11 +312,15 @@ function createUseCacheHandler(options) {
 
     async refreshTags() {
       calls.refreshTags++
+      // Never rejects: Next calls it before a request's first read, and a rejection would fail
+      // the request. When the shared tag state cannot be read the instance keeps its mirror (in
+      // strict mode reads then miss until a refresh succeeds).
       try {
         bootWith(opts)
         if (l2) await native.ucRefreshTags()
       } catch (err) {
-        throw toStrataError(err)
+        const e = toStrataError(err)
+        logOnce('warn', `refreshTags:${e.code}`, 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', e)
       }
     },
 
@@ -381,6 +385,16 @@ function stats() {
   }
 }
 
+/**
+ * Delivers invalidations queued while Redis was unavailable (call it before a graceful
+ * shutdown). Resolves with how many are still queued after `timeoutMs` (0 = all delivered).
+ */
+async function flush({ timeoutMs = 5000 } = {}) {
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw invalid('timeoutMs', 'a non-negative number of ms', timeoutMs)
+  if (!resolved) return 0
+  return native.flush(timeoutMs)
+}
+
 /** The configuration in effect (Redis URL redacted), or null before first use. */
 function config() {
   return resolved ? { ...resolved } : null
@@ -390,5 +404,6 @@ module.exports = {
   createUseCacheHandler,
   stats,
   config,
+  flush,
   StrataError,
 }

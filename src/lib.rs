@@ -466,6 +466,20 @@ pub async fn uc_refresh_tags() -> napi::Result<()> {
     g.cache.refresh_tags().await.map_err(to_js_async)
 }
 
+/// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;
+/// resolves with how many are still queued (0 = all delivered, or no Redis).
+#[napi(js_name = "flush")]
+pub async fn flush(timeout_ms: f64) -> napi::Result<u32> {
+    let Some(g) = GLOBAL.get() else { return Ok(0) };
+    let ms = if timeout_ms.is_finite() && timeout_ms > 0.0 {
+        timeout_ms.min(3_600_000.0)
+    } else {
+        0.0
+    };
+    let left = g.cache.flush(Duration::from_secs_f64(ms / 1000.0)).await;
+    Ok(u32::try_from(left).unwrap_or(u32::MAX))
+}
+
 /// `getExpiration(tags)`.
 #[napi(js_name = "ucGetExpiration")]
 pub fn uc_get_expiration(tags: Vec<String>) -> Result<f64, Code> {

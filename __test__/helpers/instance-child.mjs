@@ -5,7 +5,7 @@ import { createRequire } from 'node:module'
 import readline from 'node:readline'
 
 const require = createRequire(import.meta.url)
-const { createUseCacheHandler, stats, config } = require('strata-cache')
+const { createUseCacheHandler, stats, config, flush } = require('strata-cache')
 const handler = createUseCacheHandler()
 const skew = Number(process.env.STRATA_TEST_CLOCK_SKEW_MS || 0)
 const now = () => performance.timeOrigin + performance.now() + skew
@@ -37,6 +37,7 @@ const ops = {
   async refreshTags() { await handler.refreshTags() },
   async getExpiration({ tags }) { return handler.getExpiration(tags) },
   async now() { return now() },
+  async flush({ timeoutMs }) { return flush({ timeoutMs }) },
   async stats() { return stats() },
   async config() { return config() },
 }

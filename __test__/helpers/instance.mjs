@@ -23,6 +23,7 @@ export async function startInstance({ env = {} } = {}) {
     proc.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
   })
   lines.on('line', (line) => {
+    if (!line.startsWith('{')) return process.stderr.write(line + '\n') // the library's own log lines
     const msg = JSON.parse(line)
     if (msg.ready) return onReady()
     const w = waiting.get(msg.id)

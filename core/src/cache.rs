@@ -523,6 +523,21 @@ impl Cache {
         }
     }
 
+    /// Delivers queued invalidations, waiting for Redis (and the breaker's probe) up to
+    /// `deadline`; returns how many are still queued. For graceful shutdowns and tests.
+    pub async fn flush(&self, deadline: Duration) -> usize {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            self.replay().await;
+            let left = self.pending_invalidations();
+            let now = tokio::time::Instant::now();
+            if left == 0 || now >= until {
+                return left;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+        }
+    }
+
     /// Background upkeep: deliver queued invalidations, re-measure the clock offset.
     pub async fn maintenance(&self, clock_due: bool) {
         self.replay().await;

@@ -611,6 +611,11 @@ impl L2 {
 
     /// One Redis call: breaker, deadline, connection, error mapping.
     async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Internal(format!(
+                "{op}: the Redis L2 must be used inside a tokio runtime"
+            )));
+        }
         let Some(permit) = self.inner.breaker.try_acquire() else {
             return Err(Error::Unavailable("circuit open".to_owned()));
         };
@@ -671,7 +676,12 @@ impl Inner {
         match e.kind() {
             ErrorKind::Io
             | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::AuthenticationFailed => (Error::Unavailable(message()), Verdict::Broken),
+            | ErrorKind::AuthenticationFailed
+            // A single-server connection still pointing at a primary that was demoted by a
+            // failover: the connection manager does not reconnect for this, so we do.
+            | ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+                (Error::Unavailable(message()), Verdict::Broken)
+            }
             // Answers, but Redis cannot serve right now.
             ErrorKind::Server(
                 ServerErrorKind::BusyLoading
@@ -692,9 +702,10 @@ impl Inner {
                 Slot::Connecting { generation, rx } => (*generation, rx.clone()),
                 Slot::Empty => {
                     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                        // `call` checks first; kept so this never panics.
                         return Err(RedisError::from((
-                            ErrorKind::Client,
-                            "strata-core L2 used outside a tokio runtime",
+                            ErrorKind::InvalidClientConfig,
+                            "used outside a tokio runtime",
                         )));
                     };
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;

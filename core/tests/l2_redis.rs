@@ -57,25 +57,30 @@ impl Server {
     }
 
     fn start_with(extra: &[&str], cluster: bool) -> Server {
+        for _ in 0..10 {
+            if let Some(server) = Self::start_on(free_port(cluster), extra) {
+                return server;
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    /// On `port`; `None` if it could not listen there.
+    fn start_on(port: u16, extra: &[&str]) -> Option<Server> {
         let dir = std::env::temp_dir().join(format!(
             "strata-l2-test-{}-{}",
             std::process::id(),
             DIRS.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        for _ in 0..10 {
-            let mut server = Server {
-                child: None,
-                port: free_port(cluster),
-                extra: extra.clone(),
-                dir: dir.clone(),
-            };
-            if server.spawn() {
-                return server;
-            }
-        }
-        panic!("could not start redis-server");
+        let mut server = Server {
+            child: None,
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        // On failure `server` is dropped, which removes its directory.
+        server.spawn().then_some(server)
     }
 
     /// Starts the process on `self.port`; true once it printed "Ready to accept connections".
@@ -305,7 +310,11 @@ async fn entries_round_trip_with_a_ttl() {
     // Stored under the hashed, hash-tagged key, with a TTL in (0, ttl].
     let key = l2.keys().entry("/blog/1");
     assert!(key.starts_with(&format!("sc:{}:e:{{", l2.keys().namespace())));
-    let pttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut c).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert!(pttl > 0 && pttl <= 5_000, "pttl {pttl}");
 
     // Capped at max_ttl.
@@ -494,7 +503,10 @@ async fn refresh_follows_the_log() {
 
     // Nothing ever invalidated: nothing to do.
     let (cursor, changes, more) = incremental(l2.refresh(&LogCursor::default()).await.unwrap());
-    assert_eq!((cursor, changes.len(), more), (LogCursor::default(), 0, false));
+    assert_eq!(
+        (cursor, changes.len(), more),
+        (LogCursor::default(), 0, false)
+    );
 
     let u1 = l2.update_tags(&tags(&["a", "b"]), None).await.unwrap();
 
@@ -689,7 +701,10 @@ async fn pruning_bounds_the_tag_state() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert!(future.is_some(), "a record with a pending expiry was pruned");
+    assert!(
+        future.is_some(),
+        "a record with a pending expiry was pruned"
+    );
     let xlen: u64 = redis::cmd("XLEN")
         .arg(l2.keys().tag_log())
         .query_async(&mut c)
@@ -709,7 +724,12 @@ async fn command_calls(c: &mut MultiplexedConnection) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .filter(|(name, _)| !["config", "info", "slowlog"].contains(&name.as_str()))
@@ -804,7 +824,9 @@ async fn update_tags_costs_the_same_whatever_the_number_of_entries() {
     assert!(dbsize > N as u64);
     let (calls_many, micros_many) = measure(&l2, &mut c, "many").await;
 
-    eprintln!("update_tags: {micros_one} µs with 1 entry, {micros_many} µs with {N}; {calls_many:?}");
+    eprintln!(
+        "update_tags: {micros_one} µs with 1 entry, {micros_many} µs with {N}; {calls_many:?}"
+    );
     // The same commands, the same number of times: no per-entry work at all.
     assert_eq!(calls_one, calls_many);
     assert_eq!(calls_many.get("evalsha"), Some(&1));
@@ -853,17 +875,21 @@ async fn a_dead_redis_fails_fast_opens_the_breaker_and_recovers_after_a_restart(
     let rejected = l2.breaker().stats().rejected;
     let started = Instant::now();
     for _ in 0..100 {
-        let e = l2
-            .update_tags(&tags(&["t"]), None)
-            .await
-            .unwrap_err();
-        assert!(matches!(&e, Error::Unavailable(m) if m == "circuit open"), "{e}");
+        let e = l2.update_tags(&tags(&["t"]), None).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::Unavailable(m) if m == "circuit open"),
+            "{e}"
+        );
     }
     assert!(started.elapsed() < Duration::from_millis(50));
     assert_eq!(l2.breaker().stats().rejected, rejected + 100);
 
     // A restarted (empty) Redis on the same port: the first probe after the open period
     // succeeds and closes the breaker.
+    // A real outage: long enough for the connection manager's own reconnect attempts to have
+    // failed (it would fail the first call after the restart while reconnecting in the
+    // background; a dropped connection is replaced inline instead, so the probe succeeds).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     server.restart();
     tokio::time::sleep(l2.breaker().stats().open_for).await;
     assert_eq!(l2.get_entry("/k").await.unwrap(), None);
@@ -886,18 +912,10 @@ async fn a_failed_first_connect_is_retried_by_later_calls() {
     let e = l2.get_entry("/k").await.unwrap_err();
     assert!(matches!(e, Error::Unavailable(_)), "{e}");
 
-    let mut server = Server {
-        child: None,
-        port,
-        extra: Vec::new(),
-        dir: std::env::temp_dir(),
-    };
-    if !server.spawn() {
-        // The port was taken in between by someone else: nothing to conclude.
-        server.dir = PathBuf::from("/nonexistent-strata");
+    let Some(_server) = Server::start_on(port, &[]) else {
+        // Someone else took the port in between: nothing to conclude.
         return;
-    }
-    server.dir = PathBuf::from("/nonexistent-strata"); // never remove the shared temp dir
+    };
     assert_eq!(l2.get_entry("/k").await.unwrap(), None);
 }
 
@@ -981,7 +999,12 @@ async fn the_same_api_works_on_a_redis_cluster() {
     let keys: &Keys = l2.keys();
     let mut c = raw(&cluster.nodes[0].url()).await;
     let mut slots = Vec::new();
-    for k in [keys.tag_state(), keys.tag_index(), keys.tag_log(), keys.epoch()] {
+    for k in [
+        keys.tag_state(),
+        keys.tag_index(),
+        keys.tag_log(),
+        keys.epoch(),
+    ] {
         let slot: u64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(k)
