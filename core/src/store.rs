@@ -460,4 +460,43 @@ mod tests {
         s.set(&key, bytes(0), meta(&[], T0, 1.0, 10.0)).unwrap();
         assert_eq!(hit(s.get(&key)).0.value.len(), 0);
     }
+
+    #[test]
+    fn tag_rules_run_in_the_shared_clock_domain() {
+        // This instance's clock is 2 s behind Redis (offset +2000).
+        let (s, clock) = store(1 << 20);
+        s.clock().set_offset(2000.0);
+        s.set("k", bytes(1), meta(&["t"], T0, 900.0, 3600.0))
+            .unwrap();
+        // An invalidation stamped by Redis 10 ms after the entry (in Redis time T0 + 2010).
+        s.apply_tag_states(&[(
+            "t",
+            TagState {
+                stale: None,
+                expired: Some(T0 + 2010.0),
+                updated_at: T0 + 2010.0,
+            },
+        )]);
+        clock.advance(20.0);
+        // Compared in one domain, the entry predates the invalidation: expired. (Compared naively
+        // with local time, T0 < T0 + 2010 would hold too; the reverse case is below.)
+        assert!(matches!(s.get("k"), Lookup::Miss));
+        // An entry created locally 10 ms after the invalidation (local T0 + 20 = Redis T0 + 2020)
+        // is fresh, although its local timestamp is *before* the Redis stamp.
+        s.set("k2", bytes(1), meta(&["t"], clock.now_ms(), 900.0, 3600.0))
+            .unwrap();
+        assert!(!hit(s.get("k2")).1);
+        // getExpiration answers in the local domain Next compares it in.
+        assert_eq!(s.get_expiration(&["t"]), T0 + 10.0);
+    }
+
+    #[test]
+    fn replacing_the_tag_state_can_drop_l1() {
+        let (s, _) = store(1 << 20);
+        s.set("k", bytes(1), meta(&[], T0, 900.0, 3600.0)).unwrap();
+        s.replace_tag_states::<&str>(&[], false);
+        hit(s.get("k"));
+        s.replace_tag_states::<&str>(&[], true);
+        assert!(matches!(s.get("k"), Lookup::Miss));
+    }
 }
