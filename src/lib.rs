@@ -97,9 +97,9 @@ pub struct InitOptions {
     pub redis: Option<String>,
     /// Namespace.
     pub namespace: Option<String>,
-    /// Cap on entry lifetimes and tag retention [s].
+    /// Cap on entry lifetimes and tag retention (seconds).
     pub max_ttl_seconds: Option<f64>,
-    /// Deadline of one Redis operation [ms].
+    /// Deadline of one Redis operation (ms).
     pub redis_timeout_ms: Option<f64>,
     /// Largest value written to Redis.
     pub l2_max_value_bytes: Option<f64>,
@@ -130,9 +130,9 @@ pub struct ResolvedConfig {
     pub namespace: Option<String>,
     /// Where the namespace came from.
     pub namespace_source: Option<String>,
-    /// Cap on entry lifetimes [s].
+    /// Cap on entry lifetimes (seconds).
     pub max_ttl_seconds: f64,
-    /// Deadline of one Redis operation [ms].
+    /// Deadline of one Redis operation (ms).
     pub redis_timeout_ms: f64,
     /// Largest value written to Redis.
     pub l2_max_value_bytes: f64,
@@ -556,7 +556,7 @@ pub struct NativeL2Stats {
     pub data_lost: f64,
     /// Circuit breaker state: "closed", "open" or "half-open".
     pub breaker: String,
-    /// Estimated `redis clock − local clock` [ms].
+    /// Estimated `redis clock − local clock` (ms).
     pub clock_offset_ms: f64,
 }
 

@@ -19,13 +19,13 @@ pub const ENTRY_OVERHEAD_BYTES: usize = 160;
 pub struct EntryMeta {
     /// The entry's tags (soft tags are never among them).
     pub tags: Vec<String>,
-    /// Client stale time [s].
+    /// Client stale time, in seconds.
     pub stale: f64,
-    /// Creation time [ms since epoch, float], on the clock of the instance that rendered it.
+    /// Creation time (ms since the epoch, float), on the clock of the instance that rendered it.
     pub timestamp: f64,
-    /// Hard expiry [s] after `timestamp`; `0` = dynamic (never stored).
+    /// Hard expiry, in seconds after `timestamp`; `0` = dynamic (never stored).
     pub expire: f64,
-    /// Revalidation period [s] after `timestamp`.
+    /// Revalidation period, in seconds after `timestamp`.
     pub revalidate: f64,
 }
 

@@ -1003,12 +1003,13 @@ mod tests {
     #[tokio::test]
     async fn unreachable_redis_fails_fast_and_is_retried() {
         // Port 1 refuses connections: every call fails with Unavailable, none is permanent.
-        let mut c = cfg(&["redis://127.0.0.1:1"]);
+        let mut c = cfg(&["redis://user:hunter2@127.0.0.1:1"]);
         c.breaker.failure_threshold = 100;
         let l2 = L2::new(c).unwrap();
         for _ in 0..3 {
             let e = l2.get_entry("k").await.unwrap_err();
             assert!(matches!(e, Error::Unavailable(_)), "{e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
         }
         assert_eq!(l2.breaker().stats().consecutive_failures, 3);
     }

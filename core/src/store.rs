@@ -81,6 +81,9 @@ pub struct Store {
     clock: Arc<OffsetClock>,
     metrics: Arc<Metrics>,
     warned_too_large: AtomicBool,
+    /// No entry may be served once older than this (ms): tag records are kept (in Redis and
+    /// here) only that long, so an older entry could have missed an invalidation.
+    max_age_ms: f64,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +112,7 @@ impl Store {
             clock: Arc::new(OffsetClock::new(clock)),
             metrics,
             warned_too_large: AtomicBool::new(false),
+            max_age_ms: max_ttl.as_secs_f64() * 1000.0,
         }
     }
 
@@ -139,7 +143,10 @@ impl Store {
     /// Applies the expiry and tag rules to an entry held in L1 (dropping it when it can never
     /// be served again).
     pub fn judge(&self, entry: Arc<Entry>) -> Lookup {
-        if self.clock.local_ms() > entry.meta.expires_at_ms() {
+        let server_now = self.clock.server_ms();
+        if self.clock.local_ms() > entry.meta.expires_at_ms()
+            || server_now - entry.server_ts > self.max_age_ms
+        {
             self.l1.remove_if_id(&entry.key, entry.id);
             return Lookup::Miss;
         }
@@ -488,6 +495,30 @@ mod tests {
         assert!(!hit(s.get("k2")).1);
         // getExpiration answers in the local domain Next compares it in.
         assert_eq!(s.get_expiration(&["t"]), T0 + 10.0);
+    }
+
+    #[test]
+    fn entries_older_than_max_ttl_are_never_served() {
+        let clock = ManualClock::new(T0);
+        let config = Options {
+            max_ttl_seconds: Some(60),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let s = Store::new(&config, Arc::new(clock.clone()), None);
+        // expire says "never", but tag records older than max_ttl are gone: the entry can't be
+        // judged any more.
+        s.set(
+            "k",
+            bytes(1),
+            meta(&["t"], T0, 900.0, INFINITE_CACHE_SECONDS),
+        )
+        .unwrap();
+        clock.advance(59_000.0);
+        hit(s.get("k"));
+        clock.advance(2_000.0);
+        assert!(matches!(s.get("k"), Lookup::Miss));
     }
 
     #[test]
