@@ -44,9 +44,9 @@ it('100 000 distinct invalidated tags leave Redis memory bounded', async () => {
   expect(Number(await redis.cli('HEXISTS', state, '_N_T_/b/99999'))).toBe(1)
   // The log is capped (XADD MAXLEN ~ 10 000 entries).
   expect(Number(await redis.cli('XLEN', '{sc:bounds:tags}:log'))).toBeLessThan(11_000)
-  // 200 000 tags invalidated, memory as for at most the last 100 000 (~150 B a record, plus
-  // the capped log): well under 64 MB.
-  expect((await info('used_memory')) - baseline).toBeLessThan(64 * 1024 * 1024)
+  // 200 000 tags invalidated, memory as for at most the last 100 000: measured 26.5 MB here
+  // (records ~14 MB + the log of these 400 calls ~12 MB); with nothing pruned it is ~40 MB.
+  expect((await info('used_memory')) - baseline).toBeLessThan(34 * 1024 * 1024)
   // The instance's own mirror is bounded too (maxTags, default 100 000).
   expect((await a.call('stats')).tags.records).toBeLessThanOrEqual(100_000)
 }, 120_000)
