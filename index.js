@@ -131,17 +131,25 @@ function boot(options) {
   return resolved
 }
 
-function bootWith(options) {
-  const first = !resolved
-  const cfg = boot(options)
-  if (!first && Object.keys(options).length > 0) {
-    // A second handler with its own options: the store is per process, so the first wins.
-    const again = native.init(options)
-    if (!again.applied) {
-      logOnce('warn', 'options-conflict', 'createUseCacheHandler() options differ from the store already created in this process; the first configuration is kept')
+/**
+ * Boots the store for a handler created with `options`: the first handler configures it; a later
+ * one whose options differ gets a warning (the store is per process, the first configuration
+ * wins). Checked once per handler object, so the hot path pays one boolean test.
+ */
+function makeBooter(options) {
+  let checked = false
+  return function bootOnce() {
+    if (checked) return
+    const first = !resolved
+    boot(options)
+    if (!first && Object.keys(options).length > 0) {
+      const again = native.init(options)
+      if (!again.applied) {
+        logOnce('warn', 'options-conflict', 'createUseCacheHandler() options differ from the store already created in this process; the first configuration is kept')
+      }
     }
+    checked = true
   }
-  return cfg
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,6 +213,7 @@ async function readChunks(stream) {
  */
 function createUseCacheHandler(options) {
   const opts = validateOptions(options)
+  const bootWith = makeBooter(opts)
 
   return {
     async get(cacheKey, softTags) {
@@ -213,7 +222,7 @@ function createUseCacheHandler(options) {
         if (typeof cacheKey !== 'string') throw invalid('cacheKey', 'a string', cacheKey)
         const pending = pendingSets.get(cacheKey)
         if (pending !== undefined) await pending
-        bootWith(opts)
+        bootWith()
         let hit = native.ucGet(cacheKey)
         if (hit === null && l2) hit = await native.ucGetRemote(cacheKey)
         if (hit === null) return undefined
@@ -268,7 +277,7 @@ function createUseCacheHandler(options) {
           if (entry.value && typeof entry.value.cancel === 'function' && !entry.value.locked) {
             entry.value.cancel().catch(() => {})
           }
-          bootWith(opts)
+          bootWith()
           native.ucSet(cacheKey, [], tags, stale, timestamp, expire, revalidate)
           return
         }
@@ -281,7 +290,7 @@ function createUseCacheHandler(options) {
           log('debug', `set(${cacheKey.slice(0, 80)}): the value stream errored; nothing stored`, err)
           return
         }
-        bootWith(opts)
+        bootWith()
         const bytes = chunks.length === 1 ? chunks[0] : chunks
         let outcome
         try {
@@ -316,7 +325,7 @@ function createUseCacheHandler(options) {
       // the request. When the shared tag state cannot be read the instance keeps its mirror (in
       // strict mode reads then miss until a refresh succeeds).
       try {
-        bootWith(opts)
+        bootWith()
         if (l2) await native.ucRefreshTags()
       } catch (err) {
         const e = toStrataError(err)
@@ -328,7 +337,7 @@ function createUseCacheHandler(options) {
       calls.getExpiration++
       checkTags('tags', tags)
       try {
-        bootWith(opts)
+        bootWith()
         return native.ucGetExpiration(tags)
       } catch (err) {
         throw toStrataError(err)
@@ -349,7 +358,7 @@ function createUseCacheHandler(options) {
         d = { expire: durations.expire }
       }
       try {
-        bootWith(opts)
+        bootWith()
         if (l2) await native.ucUpdateTagsRemote(tags, d)
         else native.ucUpdateTags(tags, d)
       } catch (err) {

@@ -73,6 +73,9 @@ fn init_runtime() {
 
 struct Global {
     cache: Arc<Cache>,
+    /// The configuration as resolved from options and environment (before the build-phase
+    /// override), which later `init` calls are compared with.
+    requested: Config,
     config: Config,
     namespace: Option<(String, String)>,
 }
@@ -212,8 +215,9 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
     let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
     let mut config = code.or(env).resolve().map_err(to_js)?;
     if let Some(g) = GLOBAL.get() {
-        return Ok(describe(g, g.config == config));
+        return Ok(describe(g, g.requested == config));
     }
+    let requested = config.clone();
     if o.build_phase == Some(true) {
         // `next build` runs in other processes, with the build machine's environment: nothing
         // it would write belongs to a deployment yet (design notes §8).
@@ -263,6 +267,7 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
         install_panic_hook();
         Global {
             cache: Arc::clone(&cache),
+            requested: requested.clone(),
             config: config.clone(),
             namespace,
         }
@@ -279,7 +284,7 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
             }
         });
     }
-    Ok(describe(g, created || g.config == config))
+    Ok(describe(g, created || g.requested == requested))
 }
 
 fn install_panic_hook() {
