@@ -223,8 +223,16 @@ function createUseCacheHandler(options) {
         const pending = pendingSets.get(cacheKey)
         if (pending !== undefined) await pending
         bootWith()
-        let hit = native.ucGet(cacheKey)
-        if (hit === null && l2) hit = await native.ucGetRemote(cacheKey)
+        let hit
+        if (l2) {
+          // With Redis, a stale or soft-tag-expired L1 copy is checked against L2 first: another
+          // instance may have regenerated it already.
+          const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
+          hit = native.ucGetFresh(cacheKey, soft)
+          if (hit === null) hit = await native.ucGetRemote(cacheKey, soft)
+        } else {
+          hit = native.ucGet(cacheKey)
+        }
         if (hit === null) return undefined
         let entry = hit
         let revalidate

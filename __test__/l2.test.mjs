@@ -90,6 +90,36 @@ describe('shared L2', () => {
     expect(exp).toBeLessThanOrEqual(await b.call('now'))
   })
 
+  it('one instance regenerates for the fleet: the others take its value from Redis', async () => {
+    const ns = freshNs()
+    const a = await instance({ STRATA_NAMESPACE: ns })
+    const b = await instance({ STRATA_NAMESPACE: ns })
+    const soft = ['_N_T_/layout', '_N_T_/shop']
+    await a.call('set', { key: 'page', value: 'v1', tags: ['products'] })
+    expect((await b.call('get', { key: 'page', softTags: soft })).value).toBe('v1') // both hold v1 in L1
+
+    // revalidateTag('products', 'max'): B serves v1 stale once and regenerates v2 ...
+    await a.call('updateTags', { tags: ['products'], durations: { expire: 31536000 } })
+    await b.call('refreshTags')
+    const stale = await b.call('get', { key: 'page', softTags: soft })
+    expect([stale.value, stale.revalidate]).toEqual(['v1', -1])
+    await b.call('set', { key: 'page', value: 'v2', tags: ['products'] })
+    // ... and A, whose L1 copy is stale too, serves B's v2 fresh instead of regenerating again.
+    await a.call('refreshTags')
+    const fromB = await a.call('get', { key: 'page', softTags: soft })
+    expect([fromB.value, fromB.revalidate]).toEqual(['v2', 900])
+
+    // revalidatePath('/shop') (a soft tag): B misses and regenerates v3; A takes v3 from Redis.
+    await b.call('updateTags', { tags: ['_N_T_/shop'] })
+    await b.call('refreshTags')
+    expect(await b.call('get', { key: 'page', softTags: soft })).toBeNull()
+    await b.call('set', { key: 'page', value: 'v3', tags: ['products'] })
+    await a.call('refreshTags')
+    expect((await a.call('get', { key: 'page', softTags: soft })).value).toBe('v3')
+    // Without the soft tags in the request, A's own check is not involved: still the newest.
+    expect((await a.call('get', { key: 'page' })).value).toBe('v3')
+  })
+
   it('namespaces isolate entries and invalidations', async () => {
     const a = await instance({ STRATA_NAMESPACE: freshNs() })
     const other = await instance({ STRATA_NAMESPACE: freshNs() })

@@ -313,11 +313,21 @@ pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
     js_entry::lookup_value(&env, g.cache.get_local(&key))
 }
 
-/// `get(cacheKey)` from L2 after an L1 miss; same result shape as `ucGet`. Never rejects.
+/// With L2: `get(cacheKey, softTags)` on L1, a hit only when the L1 copy is fresh; `null`
+/// means "ask L2" (`ucGetRemote`).
+#[napi(js_name = "ucGetFresh")]
+pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+    let g = global()?;
+    js_entry::release_pending(&env);
+    js_entry::lookup_value(&env, g.cache.get_local_fresh(&key, &soft_tags))
+}
+
+/// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: the newer of the L1 and
+/// L2 copies, judged; same result shape as `ucGet`. Never rejects.
 #[napi(js_name = "ucGetRemote")]
-pub async fn uc_get_remote(key: String) -> napi::Result<LookupOut> {
+pub async fn uc_get_remote(key: String, soft_tags: Vec<String>) -> napi::Result<LookupOut> {
     let g = global_async()?;
-    Ok(LookupOut(g.cache.get_remote(&key).await))
+    Ok(LookupOut(g.cache.get_remote(&key, &soft_tags).await))
 }
 
 fn outcome_name(o: SetOutcome) -> &'static str {

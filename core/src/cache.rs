@@ -67,7 +67,7 @@ pub enum L2Write {
 /// Counters of the L2 side.
 #[derive(Debug, Default)]
 pub struct L2Metrics {
-    /// L2 reads that found a valid entry.
+    /// L2 reads whose entry was used (newer than any L1 copy, well-formed, not expired).
     pub hits: AtomicU64,
     /// L2 reads that found nothing.
     pub misses: AtomicU64,
@@ -231,25 +231,86 @@ impl Cache {
         self.store.get(key)
     }
 
-    /// `get` from L2 after an L1 miss: read, check, promote into L1, judge. Never fails: any
-    /// problem is a miss (counted).
-    pub async fn get_remote(&self, key: &str) -> Lookup {
-        let Some(r) = &self.remote else {
+    /// `get` from L1 when an L2 is configured: a hit only when the L1 copy is fresh and not
+    /// older than the request's soft-tag expiry. Anything else (absent, stale by a tag, expired
+    /// by a soft tag) returns a miss so the caller asks L2, where another instance may already
+    /// have stored the regenerated value: one regeneration for the fleet, not one per instance.
+    pub fn get_local_fresh<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
+        if let Some(r) = &self.remote {
+            if r.strict && !r.verified.load(Ordering::Acquire) {
+                return Lookup::Miss;
+            }
+        }
+        let Some(entry) = self.store.peek(key) else {
             return Lookup::Miss;
+        };
+        match self.store.judge(entry) {
+            Lookup::Hit {
+                entry,
+                stale_by_tag: false,
+            } if !self.store.soft_expired(&entry, soft_tags) => {
+                Metrics::inc(&self.store.metrics().l1_hits);
+                Lookup::Hit {
+                    entry,
+                    stale_by_tag: false,
+                }
+            }
+            _ => Lookup::Miss,
+        }
+    }
+
+    /// `get` after [`Cache::get_local_fresh`] missed: reads L2, keeps whichever of the L1 and
+    /// L2 copies is newer (promoting the L2 one into L1), and judges it with the same rules,
+    /// soft tags included. Never fails: any problem is a miss, or the L1 copy (counted).
+    pub async fn get_remote<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
+        let Some(r) = &self.remote else {
+            return self.store.get(key);
         };
         if r.strict && !r.verified.load(Ordering::Acquire) {
             return Lookup::Miss;
         }
         self.ensure_clock().await;
+        let local = self.store.peek(key);
+        let remote = self.read_remote(r, key).await;
+        let newest = match (local, remote) {
+            (None, None) => {
+                Metrics::inc(&self.store.metrics().l1_misses);
+                return Lookup::Miss;
+            }
+            (Some(l), None) => l,
+            (Some(l), Some(rm)) if l.server_ts >= rm.server_ts => l,
+            (_, Some(rm)) => {
+                let rm = Arc::new(rm);
+                // Promote: the next read of this key is an L1 hit.
+                self.store.insert_shared(Arc::clone(&rm));
+                Metrics::inc(&r.metrics.hits);
+                rm
+            }
+        };
+        match self.store.judge(newest) {
+            Lookup::Hit { entry, .. } if self.store.soft_expired(&entry, soft_tags) => {
+                Metrics::inc(&self.store.metrics().l1_misses);
+                Lookup::Miss
+            }
+            Lookup::Miss => {
+                Metrics::inc(&self.store.metrics().l1_misses);
+                Lookup::Miss
+            }
+            hit => hit,
+        }
+    }
+
+    /// Reads and checks the L2 copy of `key` (not judged, not promoted).
+    async fn read_remote(&self, r: &Remote, key: &str) -> Option<Entry> {
         let bytes = match r.l2.get_entry(key).await {
             Ok(Some(b)) => b,
             Ok(None) => {
                 Metrics::inc(&r.metrics.misses);
-                return Lookup::Miss;
+                return None;
             }
             Err(_) => {
                 Metrics::inc(&r.metrics.errors);
-                return Lookup::Miss;
+                return None;
             }
         };
         let decoded = match envelope::decode(&bytes, r.max_value) {
@@ -258,12 +319,12 @@ impl Cache {
                 // Garbage under our key: a miss. It is left to its TTL; the next `set` of
                 // this key overwrites it.
                 Metrics::inc(&r.metrics.decode_errors);
-                return Lookup::Miss;
+                return None;
             }
         };
         if decoded.key != key || decoded.kind != Kind::USE_CACHE {
             Metrics::inc(&r.metrics.foreign);
-            return Lookup::Miss;
+            return None;
         }
         let offset = self.store.clock().offset();
         let writer_offset = decoded.server_ts - decoded.timestamp;
@@ -282,19 +343,14 @@ impl Cache {
         };
         if meta.validate().is_err() || self.store.admit(&meta).ok().flatten().is_some() {
             Metrics::inc(&r.metrics.misses);
-            return Lookup::Miss;
+            return None;
         }
-        Metrics::inc(&r.metrics.hits);
-        let entry = Entry::new(
+        Some(Entry::new(
             Arc::from(key),
             Bytes::from(decoded.payload),
             meta,
             decoded.server_ts,
-        );
-        let entry = Arc::new(entry);
-        // Promote: the next read of this key is an L1 hit.
-        self.store.insert_shared(Arc::clone(&entry));
-        self.store.judge(entry)
+        ))
     }
 
     /// `set` in L1 only (synchronous).

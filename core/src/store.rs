@@ -140,6 +140,24 @@ impl Store {
         lookup
     }
 
+    /// The L1 entry of `key`, without applying any rule.
+    pub fn peek(&self, key: &str) -> Option<Arc<Entry>> {
+        self.l1.get(key)
+    }
+
+    /// Whether Next would discard `entry` for the request's soft tags (`timestamp <=
+    /// getExpiration(softTags)`), compared in the shared clock domain.
+    pub fn soft_expired<S: AsRef<str>>(&self, entry: &Entry, soft_tags: &[S]) -> bool {
+        if soft_tags.is_empty() {
+            return false;
+        }
+        let expired = self
+            .tags
+            .read()
+            .expiration(soft_tags, self.clock.server_ms());
+        expired > 0.0 && entry.server_ts <= expired
+    }
+
     /// Applies the expiry and tag rules to an entry held in L1 (dropping it when it can never
     /// be served again).
     pub fn judge(&self, entry: Arc<Entry>) -> Lookup {
