@@ -330,11 +330,13 @@ pub async fn uc_get_remote(key: String, soft_tags: Vec<String>) -> napi::Result<
     Ok(LookupOut(g.cache.get_remote(&key, &soft_tags).await))
 }
 
-fn outcome_name(o: SetOutcome) -> &'static str {
+/// The L1 outcome as JS sees it; `"too-large-first"` the first time in the process (warn once).
+fn outcome_name(g: &Global, o: SetOutcome) -> &'static str {
     match o {
         SetOutcome::Stored => "stored",
         SetOutcome::SkippedDynamic => "skipped-dynamic",
         SetOutcome::AlreadyExpired => "already-expired",
+        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
         SetOutcome::TooLarge => "too-large",
     }
 }
@@ -364,10 +366,7 @@ pub fn uc_set(
         revalidate,
     };
     let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
-    Ok(match outcome {
-        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
-        o => outcome_name(o),
-    })
+    Ok(outcome_name(g, outcome))
 }
 
 /// The result of `ucSetRemote`.
@@ -405,12 +404,8 @@ pub async fn uc_set_remote(
         .set(&key, chunks.0, meta)
         .await
         .map_err(to_js_async)?;
-    let l1 = match l1 {
-        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
-        o => outcome_name(o),
-    };
     Ok(SetResult {
-        l1: l1.to_owned(),
+        l1: outcome_name(g, l1).to_owned(),
         l2: match l2 {
             L2Write::None => "none",
             L2Write::Written => "written",

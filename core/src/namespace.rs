@@ -103,15 +103,7 @@ pub fn sanitize(id: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
+    use crate::config::env_of;
 
     fn dist_with_build_id(id: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
