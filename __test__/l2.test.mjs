@@ -1,5 +1,8 @@
 // The Redis L2 against a real redis-server: instances are separate Node processes (as pods
 // would be), each with its own L1, sharing one Redis.
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRedis } from './helpers/redis-server.mjs'
 import { startInstance } from './helpers/instance.mjs'
@@ -8,8 +11,8 @@ let redis
 const instances = []
 let nsCounter = 0
 
-async function instance(env = {}) {
-  const i = await startInstance({ env: { REDIS_URL: redis.url, ...env } })
+async function instance(env = {}, cwd) {
+  const i = await startInstance({ env: { REDIS_URL: redis.url, ...env }, cwd })
   instances.push(i)
   return i
 }
@@ -218,6 +221,58 @@ describe('shared L2', () => {
     expect(await b.call('get', { key: 'huge' })).toBeNull()
     expect((await a.call('stats')).l2.tooLarge).toBe(1)
     expect(await entryKeys(ns)).toHaveLength(0)
+  })
+})
+
+describe('namespace, resolved at run time', () => {
+  const apps = []
+  afterAll(() => { for (const d of apps) rmSync(d, { recursive: true, force: true }) })
+
+  function appWithBuildId(id) {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'strata-app-'))
+    mkdirSync(path.join(dir, '.next'))
+    writeFileSync(path.join(dir, '.next', 'BUILD_ID'), id)
+    apps.push(dir)
+    return dir
+  }
+
+  it("comes from the running app's .next/BUILD_ID, or a deployment id, and isolates builds", async () => {
+    const v1 = appWithBuildId(`build-one-${process.pid}`)
+    const v2 = appWithBuildId(`build-two-${process.pid}`)
+    const a1 = await instance({}, v1)
+    const b1 = await instance({}, v1)
+    const a2 = await instance({}, v2)
+    await a1.call('set', { key: 'k', value: 'from build one' })
+    expect((await b1.call('get', { key: 'k' })).value).toBe('from build one')
+    expect(await a2.call('get', { key: 'k' })).toBeNull()
+    expect(await a1.call('config')).toMatchObject({ namespace: `build-one-${process.pid}`, namespaceSource: '.next/BUILD_ID' })
+    // A deployment id wins over the build id.
+    const d = await instance({ NEXT_DEPLOYMENT_ID: `dpl-${process.pid}` }, v1)
+    await d.call('refreshTags') // first use: the namespace is resolved now
+    expect(await d.call('config')).toMatchObject({ namespace: `dpl-${process.pid}`, namespaceSource: 'NEXT_DEPLOYMENT_ID' })
+    expect(await d.call('get', { key: 'k' })).toBeNull()
+  })
+
+  it('during next build the handler never talks to Redis', async () => {
+    const app = appWithBuildId('previous-build')
+    const builder = await instance({ NEXT_PHASE: 'phase-production-build' }, app)
+    await builder.call('set', { key: 'built', value: 'x', tags: ['t'] })
+    await builder.call('updateTags', { tags: ['t'] })
+    const cfg = await builder.call('config')
+    expect(cfg.redis ?? null).toBeNull()
+    expect((await builder.call('stats')).l2).toBeNull()
+    const server = await instance({}, app)
+    expect(await server.call('get', { key: 'built' })).toBeNull()
+  })
+
+  it('with Redis and no namespace source at all, reads are misses and writes reject, naming the fix', async () => {
+    const empty = mkdtempSync(path.join(os.tmpdir(), 'strata-app-'))
+    apps.push(empty)
+    const i = await instance({ STRATA_LOG: 'silent' }, empty)
+    expect(await i.call('get', { key: 'k' })).toBeNull()
+    const err = await i.call('updateTags', { tags: ['t'] }).then(() => null, (e) => e)
+    expect(err.code).toBe('STRATA_CONFIG')
+    expect(err.message).toContain('STRATA_NAMESPACE')
   })
 })
 

@@ -8,8 +8,9 @@ const child = fileURLToPath(new URL('./instance-child.mjs', import.meta.url))
 const live = new Set()
 process.on('exit', () => { for (const p of live) p.kill('SIGKILL') })
 
-export async function startInstance({ env = {} } = {}) {
+export async function startInstance({ env = {}, cwd } = {}) {
   const proc = spawn(process.execPath, [child], {
+    cwd,
     env: { ...process.env, STRATA_LOG: 'warn', ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   })
