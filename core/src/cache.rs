@@ -313,8 +313,10 @@ impl Cache {
                 return None;
             }
         };
-        let decoded = match envelope::decode(&bytes, r.max_value) {
-            Ok(d) => d,
+        // Header first: a foreign or colliding value is rejected before its payload is
+        // checksummed; a raw payload is then sliced out of the reply without a copy.
+        let header = match envelope::decode_header(&bytes) {
+            Ok(h) => h,
             Err(_) => {
                 // Garbage under our key: a miss. It is left to its TTL; the next `set` of
                 // this key overwrites it.
@@ -322,35 +324,48 @@ impl Cache {
                 return None;
             }
         };
-        if decoded.key != key || decoded.kind != Kind::USE_CACHE {
+        if header.key != key || header.kind != Kind::USE_CACHE {
             Metrics::inc(&r.metrics.foreign);
             return None;
         }
+        let (server_ts, writer_ts) = (header.server_ts, header.timestamp);
+        let (stale, expire, revalidate) = (header.stale, header.expire, header.revalidate);
+        let tags: Vec<String> = header.tags.iter().map(|t| (*t).to_owned()).collect();
+        let payload = if header.compressed {
+            match header.finish(r.max_value) {
+                Ok(d) => Bytes::from(d.payload),
+                Err(_) => {
+                    Metrics::inc(&r.metrics.decode_errors);
+                    return None;
+                }
+            }
+        } else {
+            if header.payload_len > r.max_value || header.verify().is_err() {
+                Metrics::inc(&r.metrics.decode_errors);
+                return None;
+            }
+            bytes.slice(header.payload_range())
+        };
         let offset = self.store.clock().offset();
-        let writer_offset = decoded.server_ts - decoded.timestamp;
+        let writer_offset = server_ts - writer_ts;
         let timestamp = if (writer_offset - offset).abs() <= SAME_CLOCK_MS {
-            decoded.timestamp
+            writer_ts
         } else {
             // Into this instance's clock, where Next compares it (design notes §1).
-            decoded.server_ts - offset
+            server_ts - offset
         };
         let meta = EntryMeta {
-            tags: decoded.tags,
-            stale: decoded.stale,
+            tags,
+            stale,
             timestamp,
-            expire: decoded.expire,
-            revalidate: decoded.revalidate,
+            expire,
+            revalidate,
         };
         if meta.validate().is_err() || self.store.admit(&meta).ok().flatten().is_some() {
             Metrics::inc(&r.metrics.misses);
             return None;
         }
-        Some(Entry::new(
-            Arc::from(key),
-            Bytes::from(decoded.payload),
-            meta,
-            decoded.server_ts,
-        ))
+        Some(Entry::new(Arc::from(key), payload, meta, server_ts))
     }
 
     /// `set` in L1 only (synchronous).
