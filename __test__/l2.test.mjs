@@ -212,6 +212,19 @@ describe('shared L2', () => {
     expect((await a.call('get', { key: 'u' })).value).toBe(html)
   })
 
+  it('entries too large for the reader\'s L1 are served from Redis without being retained', async () => {
+    const ns = freshNs()
+    const a = await instance({ STRATA_NAMESPACE: ns })
+    const small = await instance({ STRATA_NAMESPACE: ns, STRATA_L1_MAX_BYTES: '64KiB' })
+    await a.call('set', { key: 'big', value: 'b'.repeat(256 * 1024) })
+    for (let i = 0; i < 20; i++) expect((await small.call('get', { key: 'big' })).size).toBe(256 * 1024)
+    const s = await small.call('stats')
+    expect(s.l2.hits).toBe(20)
+    // Nothing keeps the 20 values alive: no shared views for entries L1 does not hold.
+    expect(s.l1.jsViews).toBe(0)
+    expect(s.l1.entries).toBe(0)
+  })
+
   it('values over l2MaxValueBytes stay L1-only', async () => {
     const ns = freshNs()
     const a = await instance({ STRATA_NAMESPACE: ns, STRATA_L2_MAX_VALUE_BYTES: '64KiB', STRATA_COMPRESS_MIN_BYTES: '0' })

@@ -24,7 +24,7 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use strata_core::entry::Entry;
-use strata_core::store::Lookup;
+use strata_core::store::{Lookup, Store};
 
 use crate::{internal, JsResult};
 
@@ -220,7 +220,10 @@ pub fn wrap_in_array(env: &Env, value: RawValue) -> JsResult<RawValue> {
 }
 
 /// The shared JS object of `entry` (created on first use), or a fresh copy outside the owner env.
-pub fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
+/// `in_l1` tells whether the entry is (still) held by L1: only such entries keep their object
+/// alive through a reference, which their removal from L1 releases. Others (an L2 read too
+/// large for L1, an entry evicted meanwhile) get an object that lives as long as JS uses it.
+pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsResult<RawValue> {
     let owner = is_owner(env);
     if owner {
         let views = VIEWS.lock();
@@ -237,7 +240,7 @@ pub fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
     }
     // SAFETY: all values are created in, and used within, this env during this call.
     let obj = unsafe { build_object(env.raw(), entry, owner)? };
-    if owner {
+    if owner && in_l1() {
         let mut r = ptr::null_mut();
         // SAFETY: `obj` is a live object of this env.
         check_js(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
@@ -245,6 +248,17 @@ pub fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
             .lock()
             .get_or_insert_with(HashMap::new)
             .insert(entry.id, r as usize);
+        // The entry may have left L1 (on another thread) between the check and the insert; its
+        // removal was then reported before the reference existed. Check again, now that a
+        // later removal is guaranteed to find the reference.
+        if !in_l1() {
+            if let Some(r) = VIEWS.lock().as_mut().and_then(|m| m.remove(&entry.id)) {
+                // SAFETY: `r` was just created in this (owner) env.
+                unsafe {
+                    sys::napi_delete_reference(env.raw(), r as sys::napi_ref);
+                }
+            }
+        }
     }
     Ok(RawValue(obj))
 }
@@ -356,14 +370,14 @@ unsafe fn build_object(
 }
 
 /// `null`, the entry object, or `[entry]` (stale by tag) for a lookup.
-pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
+pub fn lookup_value(env: &Env, store: &Store, lookup: Lookup) -> JsResult<RawValue> {
     match lookup {
         Lookup::Miss => null(env),
         Lookup::Hit {
             entry,
             stale_by_tag,
         } => {
-            let obj = entry_object(env, &entry)?;
+            let obj = entry_object(env, &entry, || store.holds(&entry))?;
             if stale_by_tag {
                 wrap_in_array(env, obj)
             } else {
@@ -374,7 +388,7 @@ pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
 }
 
 /// A lookup finished on the runtime, turned into JS on the main thread.
-pub struct LookupOut(pub Lookup);
+pub struct LookupOut(pub Lookup, pub &'static Store);
 
 impl TypeName for LookupOut {
     fn type_name() -> &'static str {
@@ -389,7 +403,7 @@ impl ToNapiValue for LookupOut {
     unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
         let env = Env::from_raw(env);
         release_pending(&env);
-        lookup_value(&env, val.0)
+        lookup_value(&env, val.1, val.0)
             .map(|v| v.0)
             .map_err(|e| Error::new(Status::GenericFailure, e.reason.clone()))
     }

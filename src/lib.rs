@@ -310,7 +310,7 @@ pub fn has_l2() -> bool {
 pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
-    js_entry::lookup_value(&env, g.cache.get_local(&key))
+    js_entry::lookup_value(&env, g.cache.store(), g.cache.get_local(&key))
 }
 
 /// With L2: `get(cacheKey, softTags)` on L1, a hit only when the L1 copy is fresh; `null`
@@ -319,7 +319,11 @@ pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
 pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
-    js_entry::lookup_value(&env, g.cache.get_local_fresh(&key, &soft_tags))
+    js_entry::lookup_value(
+        &env,
+        g.cache.store(),
+        g.cache.get_local_fresh(&key, &soft_tags),
+    )
 }
 
 /// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: the newer of the L1 and
@@ -327,7 +331,10 @@ pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<Raw
 #[napi(js_name = "ucGetRemote")]
 pub async fn uc_get_remote(key: String, soft_tags: Vec<String>) -> napi::Result<LookupOut> {
     let g = global_async()?;
-    Ok(LookupOut(g.cache.get_remote(&key, &soft_tags).await))
+    Ok(LookupOut(
+        g.cache.get_remote(&key, &soft_tags).await,
+        g.cache.store(),
+    ))
 }
 
 /// The L1 outcome as JS sees it; `"too-large-first"` the first time in the process (warn once).
