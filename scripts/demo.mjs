@@ -64,10 +64,9 @@ function redact(url) {
 
 async function main() {
   const addon = addonFile()
-  if (!fs.existsSync(path.join(root, addon)) || !fs.existsSync(path.join(root, 'binding.js'))) {
-    console.log(`[demo] ${addon} not found: building the addon (npm run build)`)
-    await run(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build'], { cwd: root })
-  }
+  // Always through cargo: a no-op when the addon is up to date, a rebuild when the Rust changed.
+  console.log(`[demo] building the addon if needed (${addon}, npm run build)`)
+  await run(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build'], { cwd: root })
   if (!(skipBuild && fs.existsSync(path.join(appDir, '.next/BUILD_ID')))) {
     console.log('[demo] next build examples/demo')
     await run(process.execPath, [nextBin, 'build'], { cwd: appDir })
