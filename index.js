@@ -229,7 +229,10 @@ function createUseCacheHandler(options) {
           // instance may have regenerated it already.
           const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
           hit = native.ucGetFresh(cacheKey, soft)
-          if (hit === null) hit = await native.ucGetRemote(cacheKey, soft)
+          if (hit === null) {
+            const pending = native.ucGetRemoteFast(cacheKey, soft)
+            hit = pending === null ? await native.ucGetRemote(cacheKey, soft) : await pending
+          }
         } else {
           hit = native.ucGet(cacheKey)
         }
@@ -303,7 +306,8 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           if (l2) {
-            const r = await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            const pending = native.ucSetRemoteFast(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            const r = pending === null ? await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate) : await pending
             outcome = r.l1
             if (r.l2 === 'too-large-first') {
               const size = chunks.reduce((n, c) => n + c.byteLength, 0)
@@ -334,7 +338,10 @@ function createUseCacheHandler(options) {
       // strict mode reads then miss until a refresh succeeds).
       try {
         bootWith()
-        if (l2) await native.ucRefreshTags()
+        if (l2) {
+          const pending = native.ucRefreshTagsFast()
+          await (pending === null ? native.ucRefreshTags() : pending)
+        }
       } catch (err) {
         const e = toStrataError(err)
         logOnce('warn', `refreshTags:${e.code}`, 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', e)

@@ -31,6 +31,17 @@ use crate::{internal, JsResult};
 /// A raw JS value returned as is.
 pub struct RawValue(sys::napi_value);
 
+impl RawValue {
+    /// Wraps a value created in the current call's environment.
+    pub fn from_raw(value: sys::napi_value) -> Self {
+        Self(value)
+    }
+    /// The underlying value.
+    pub fn raw(&self) -> sys::napi_value {
+        self.0
+    }
+}
+
 impl TypeName for RawValue {
     fn type_name() -> &'static str {
         "unknown"
@@ -159,7 +170,7 @@ pub fn live_views() -> usize {
     VIEWS.lock().as_ref().map_or(0, HashMap::len)
 }
 
-fn is_owner(env: &Env) -> bool {
+pub fn is_owner(env: &Env) -> bool {
     let me = env.raw() as usize;
     match OWNER.compare_exchange(NO_OWNER, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {

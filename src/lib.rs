@@ -3,6 +3,7 @@
 //! Only `#[napi]` exports, argument conversion, error mapping, the tokio runtime and the
 //! zero-copy hand-off of stored bytes to JS live here; every rule lives in the core.
 
+mod bridge;
 mod js_entry;
 
 use std::path::PathBuf;
@@ -326,6 +327,94 @@ pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<Raw
     )
 }
 
+/// `ucGetRemote` through the shared bridge (see `bridge.rs`): a promise, or `null` when this
+/// environment must use `ucGetRemote` instead.
+#[napi(js_name = "ucGetRemoteFast")]
+pub fn uc_get_remote_fast(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+    let g = global()?;
+    let fut = async move {
+        let lookup = g.cache.get_remote(&key, &soft_tags).await;
+        let settle: bridge::Settle =
+            Box::new(move |env| js_entry::lookup_value(env, g.cache.store(), lookup));
+        settle
+    };
+    submitted(&env, bridge::submit(&env, fut)?)
+}
+
+fn submitted(env: &Env, promise: Option<RawValue>) -> Result<RawValue, Code> {
+    match promise {
+        Some(p) => Ok(p),
+        None => js_entry::null(env),
+    }
+}
+
+fn set_result(g: &Global, SetReport { l1, l2 }: SetReport) -> SetResult {
+    SetResult {
+        l1: outcome_name(g, l1).to_owned(),
+        l2: match l2 {
+            L2Write::None => "none",
+            L2Write::Written => "written",
+            L2Write::TooLarge { first: true } => "too-large-first",
+            L2Write::TooLarge { first: false } => "too-large",
+            L2Write::Failed => "failed",
+        }
+        .to_owned(),
+    }
+}
+
+/// `ucSetRemote` through the shared bridge: a promise, or `null` (use `ucSetRemote`).
+#[napi(js_name = "ucSetRemoteFast")]
+#[allow(clippy::too_many_arguments)]
+pub fn uc_set_remote_fast(
+    env: Env,
+    key: String,
+    chunks: Chunks,
+    tags: Vec<String>,
+    stale: f64,
+    timestamp: f64,
+    expire: f64,
+    revalidate: f64,
+) -> Result<RawValue, Code> {
+    let g = global()?;
+    let meta = EntryMeta {
+        tags,
+        stale,
+        timestamp,
+        expire,
+        revalidate,
+    };
+    let fut = async move {
+        let report = g.cache.set(&key, chunks.0, meta).await;
+        let settle: bridge::Settle = Box::new(move |env| {
+            let result = set_result(g, report.map_err(to_js)?);
+            // SAFETY: `env` is the live main-thread environment of the settling callback.
+            let v = unsafe { SetResult::to_napi_value(env.raw(), result) }
+                .map_err(|e| internal(e.reason.clone()))?;
+            Ok(RawValue::from_raw(v))
+        });
+        settle
+    };
+    submitted(&env, bridge::submit(&env, fut)?)
+}
+
+/// `ucRefreshTags` through the shared bridge: a promise, or `null` (use `ucRefreshTags`).
+#[napi(js_name = "ucRefreshTagsFast")]
+pub fn uc_refresh_tags_fast(env: Env) -> Result<RawValue, Code> {
+    let g = global()?;
+    let fut = async move {
+        let result = g.cache.refresh_tags().await;
+        let settle: bridge::Settle = Box::new(move |env| {
+            result.map_err(to_js)?;
+            let mut undefined = std::ptr::null_mut();
+            // SAFETY: plain napi call on the live main-thread environment.
+            unsafe { napi::sys::napi_get_undefined(env.raw(), &mut undefined) };
+            Ok(RawValue::from_raw(undefined))
+        });
+        settle
+    };
+    submitted(&env, bridge::submit(&env, fut)?)
+}
+
 /// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: the newer of the L1 and
 /// L2 copies, judged; same result shape as `ucGet`. Never rejects.
 #[napi(js_name = "ucGetRemote")]
@@ -406,22 +495,12 @@ pub async fn uc_set_remote(
         expire,
         revalidate,
     };
-    let SetReport { l1, l2 } = g
+    let report = g
         .cache
         .set(&key, chunks.0, meta)
         .await
         .map_err(to_js_async)?;
-    Ok(SetResult {
-        l1: outcome_name(g, l1).to_owned(),
-        l2: match l2 {
-            L2Write::None => "none",
-            L2Write::Written => "written",
-            L2Write::TooLarge { first: true } => "too-large-first",
-            L2Write::TooLarge { first: false } => "too-large",
-            L2Write::Failed => "failed",
-        }
-        .to_owned(),
-    })
+    Ok(set_result(g, report))
 }
 
 /// `durations` of `updateTags`.
