@@ -230,8 +230,10 @@ function createUseCacheHandler(options) {
           const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
           hit = native.ucGetFresh(cacheKey, soft)
           if (hit === null) {
-            const pending = native.ucGetRemoteFast(cacheKey, soft)
-            hit = pending === null ? await native.ucGetRemote(cacheKey, soft) : await pending
+            // One threadsafe function for the process settles these (see src/bridge.rs); `null`
+            // means this thread cannot use it (a worker thread) and takes the napi-rs path.
+            const remote = native.ucGetRemoteFast(cacheKey, soft)
+            hit = remote === null ? await native.ucGetRemote(cacheKey, soft) : await remote
           }
         } else {
           hit = native.ucGet(cacheKey)
@@ -306,8 +308,8 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           if (l2) {
-            const pending = native.ucSetRemoteFast(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
-            const r = pending === null ? await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate) : await pending
+            const remote = native.ucSetRemoteFast(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            const r = remote === null ? await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate) : await remote
             outcome = r.l1
             if (r.l2 === 'too-large-first') {
               const size = chunks.reduce((n, c) => n + c.byteLength, 0)
@@ -339,8 +341,8 @@ function createUseCacheHandler(options) {
       try {
         bootWith()
         if (l2) {
-          const pending = native.ucRefreshTagsFast()
-          await (pending === null ? native.ucRefreshTags() : pending)
+          const remote = native.ucRefreshTagsFast()
+          await (remote === null ? native.ucRefreshTags() : remote)
         }
       } catch (err) {
         const e = toStrataError(err)
