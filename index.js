@@ -229,12 +229,7 @@ function createUseCacheHandler(options) {
           // instance may have regenerated it already.
           const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
           hit = native.ucGetFresh(cacheKey, soft)
-          if (hit === null) {
-            // One threadsafe function for the process settles these (see src/bridge.rs); `null`
-            // means this thread cannot use it (a worker thread) and takes the napi-rs path.
-            const remote = native.ucGetRemoteFast(cacheKey, soft)
-            hit = remote === null ? await native.ucGetRemote(cacheKey, soft) : await remote
-          }
+          if (hit === null) hit = await native.ucGetRemote(cacheKey, soft)
         } else {
           hit = native.ucGet(cacheKey)
         }
@@ -308,8 +303,7 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           if (l2) {
-            const remote = native.ucSetRemoteFast(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
-            const r = remote === null ? await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate) : await remote
+            const r = await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
             outcome = r.l1
             if (r.l2 === 'too-large-first') {
               const size = chunks.reduce((n, c) => n + c.byteLength, 0)
@@ -340,10 +334,7 @@ function createUseCacheHandler(options) {
       // strict mode reads then miss until a refresh succeeds).
       try {
         bootWith()
-        if (l2) {
-          const remote = native.ucRefreshTagsFast()
-          await (remote === null ? native.ucRefreshTags() : remote)
-        }
+        if (l2) await native.ucRefreshTags()
       } catch (err) {
         const e = toStrataError(err)
         logOnce('warn', `refreshTags:${e.code}`, 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', e)

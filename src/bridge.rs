@@ -1,17 +1,18 @@
-//! A cheaper way back from the runtime for the hot async calls (L2 reads).
+//! The way back from the runtime for the async calls (L2 reads and writes, tag refreshes).
 //!
 //! napi-rs resolves each `async fn` through a threadsafe function created for that one call;
 //! creating and tearing one down costs several µs per call, about as much as the Redis round
-//! trip of a small value. Here one threadsafe function serves the whole process: a finished call
-//! pushes its result into a queue, the first push into an empty queue wakes the main thread, and
-//! the main thread settles every queued promise in one go (so under load one wake-up serves many
-//! calls). Only the environment that owns the shared entry objects (`js_entry::is_owner`) uses
-//! it; any other environment gets `null` and takes the regular napi-rs path.
+//! trip of a small value. Here one threadsafe function serves each environment (the main thread,
+//! or a worker thread that loaded the addon too): a finished call pushes its result into the
+//! environment's queue, the first push into an empty queue wakes that thread, and the thread
+//! settles every queued promise in one go (so under load one wake-up serves many calls).
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::future::Future;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -20,22 +21,35 @@ use parking_lot::Mutex;
 use crate::js_entry::{self, RawValue};
 use crate::{internal, JsResult};
 
-/// What a finished call hands back: run on the main thread, it makes the promise's value (or
-/// its rejection).
+/// What a finished call hands back: run on the environment's thread, it makes the promise's
+/// value (or its rejection).
 pub type Settle = Box<dyn FnOnce(&Env) -> JsResult<RawValue> + Send>;
 
 struct Done {
-    /// The call's `napi_deferred`, only ever used on the main thread.
+    /// The call's `napi_deferred`, only ever used on its environment's thread.
     deferred: usize,
     settle: Settle,
 }
 
-/// The process's threadsafe function (as an address; 0 = not created).
-static TSFN: AtomicUsize = AtomicUsize::new(0);
-/// Results waiting for the main thread.
-static QUEUE: Mutex<Vec<Done>> = Mutex::new(Vec::new());
-/// Calls submitted and not yet settled (main thread only; atomic for `static`).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// One environment's bridge.
+struct Bridge {
+    /// Its threadsafe function (as an address).
+    tsfn: usize,
+    /// Results waiting for the environment's thread; `closed` once the threadsafe function is
+    /// finalized (environment teardown), after which it must not be called.
+    queue: Mutex<Queue>,
+    /// Calls submitted and not yet settled (touched on the environment's thread only).
+    in_flight: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Queue {
+    done: Vec<Done>,
+    closed: bool,
+}
+
+/// Environment address → its bridge.
+static BRIDGES: Mutex<Option<HashMap<usize, Arc<Bridge>>>> = Mutex::new(None);
 
 fn check(status: sys::napi_status) -> JsResult<()> {
     if status == sys::Status::napi_ok {
@@ -45,93 +59,135 @@ fn check(status: sys::napi_status) -> JsResult<()> {
     }
 }
 
-unsafe fn ensure_tsfn(env: sys::napi_env) -> JsResult<sys::napi_threadsafe_function> {
-    let existing = TSFN.load(Ordering::Acquire);
-    if existing != 0 {
-        return Ok(existing as sys::napi_threadsafe_function);
+fn bridge_for(env: sys::napi_env) -> JsResult<Arc<Bridge>> {
+    if let Some(b) = BRIDGES.lock().as_ref().and_then(|m| m.get(&(env as usize))) {
+        return Ok(Arc::clone(b));
     }
-    let mut name = ptr::null_mut();
-    check(sys::napi_create_string_utf8(
-        env,
-        c"strata-cache".as_ptr(),
-        12,
-        &mut name,
-    ))?;
-    let mut tsfn = ptr::null_mut();
-    check(sys::napi_create_threadsafe_function(
-        env,
-        ptr::null_mut(),
-        ptr::null_mut(),
-        name,
-        0,
-        1,
-        ptr::null_mut(),
-        None,
-        ptr::null_mut(),
-        Some(settle_queued),
-        &mut tsfn,
-    ))?;
-    // Idle, it must not keep the process alive; `submit` refs it while calls are in flight.
-    check(sys::napi_unref_threadsafe_function(env, tsfn))?;
-    TSFN.store(tsfn as usize, Ordering::Release);
-    Ok(tsfn)
+    // SAFETY: plain napi calls on the live environment of this call, on its own thread.
+    unsafe {
+        let mut name = ptr::null_mut();
+        check(sys::napi_create_string_utf8(
+            env,
+            c"strata-cache".as_ptr(),
+            12,
+            &mut name,
+        ))?;
+        let slot = Arc::new(Mutex::new(None::<Arc<Bridge>>));
+        let context = Arc::into_raw(Arc::clone(&slot)) as *mut c_void;
+        let mut tsfn = ptr::null_mut();
+        let status = sys::napi_create_threadsafe_function(
+            env,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            name,
+            0,
+            1,
+            context,
+            Some(drop_context),
+            context,
+            Some(settle_queued),
+            &mut tsfn,
+        );
+        if status != sys::Status::napi_ok {
+            drop(Arc::from_raw(context as *const Mutex<Option<Arc<Bridge>>>));
+            return Err(internal(format!("napi call failed with status {status}")));
+        }
+        // Idle, it must not keep the process alive; `submit` refs it while calls are in flight.
+        check(sys::napi_unref_threadsafe_function(env, tsfn))?;
+        let bridge = Arc::new(Bridge {
+            tsfn: tsfn as usize,
+            queue: Mutex::new(Queue::default()),
+            in_flight: AtomicUsize::new(0),
+        });
+        *slot.lock() = Some(Arc::clone(&bridge));
+        BRIDGES
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(env as usize, Arc::clone(&bridge));
+        check(sys::napi_add_env_cleanup_hook(
+            env,
+            Some(forget_env),
+            env as *mut c_void,
+        ))?;
+        Ok(bridge)
+    }
 }
 
-/// Runs `fut` on the runtime and returns a promise of its result, or `None` when this
-/// environment cannot use the bridge (the caller then takes the napi-rs path).
-pub fn submit<F>(env: &Env, fut: F) -> JsResult<Option<RawValue>>
+unsafe extern "C" fn forget_env(env: *mut c_void) {
+    if let Some(m) = BRIDGES.lock().as_mut() {
+        m.remove(&(env as usize));
+    }
+}
+
+unsafe extern "C" fn drop_context(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the Arc leaked in `bridge_for`, released exactly once, here.
+    let slot = Arc::from_raw(data as *const Mutex<Option<Arc<Bridge>>>);
+    let taken = slot.lock().take();
+    if let Some(bridge) = taken {
+        // Taking the queue's lock waits for a runtime thread that is calling the threadsafe
+        // function right now; every later completion sees `closed` and drops its result.
+        let mut queue = bridge.queue.lock();
+        queue.closed = true;
+        queue.done.clear();
+    }
+}
+
+/// Runs `fut` on the runtime and returns a promise of what its [`Settle`] makes.
+pub fn submit<F>(env: &Env, fut: F) -> JsResult<RawValue>
 where
     F: Future<Output = Settle> + Send + 'static,
 {
-    if !js_entry::is_owner(env) {
-        return Ok(None);
-    }
     let raw = env.raw();
-    // SAFETY: plain napi calls on the live environment of this (main-thread) call.
-    let (deferred, promise) = unsafe {
-        let tsfn = ensure_tsfn(raw)?;
-        let mut deferred = ptr::null_mut();
-        let mut promise = ptr::null_mut();
+    let bridge = bridge_for(raw)?;
+    let tsfn = bridge.tsfn as sys::napi_threadsafe_function;
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: plain napi calls on the live environment of this call, on its own thread.
+    unsafe {
         check(sys::napi_create_promise(raw, &mut deferred, &mut promise))?;
-        if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) == 0 {
+        if bridge.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             check(sys::napi_ref_threadsafe_function(raw, tsfn))?;
         }
-        (deferred as usize, promise)
-    };
+    }
+    let deferred = deferred as usize;
     spawn(async move {
         let settle = fut.await;
-        let wake = {
-            let mut queue = QUEUE.lock();
-            queue.push(Done { deferred, settle });
-            queue.len() == 1
-        };
-        if wake {
-            let tsfn = TSFN.load(Ordering::Acquire) as sys::napi_threadsafe_function;
-            // SAFETY: the threadsafe function lives as long as the environment; a call after
-            // its teardown returns napi_closing and is dropped with it.
+        let mut queue = bridge.queue.lock();
+        if queue.closed {
+            return;
+        }
+        queue.done.push(Done { deferred, settle });
+        if queue.done.len() == 1 {
+            // SAFETY: the threadsafe function is not finalized: `closed` is false and
+            // finalization waits for this lock.
             unsafe {
                 sys::napi_call_threadsafe_function(
-                    tsfn,
+                    bridge.tsfn as sys::napi_threadsafe_function,
                     ptr::null_mut(),
                     sys::ThreadsafeFunctionCallMode::nonblocking,
                 );
             }
         }
     });
-    Ok(Some(RawValue::from_raw(promise)))
+    Ok(RawValue::from_raw(promise))
 }
 
 unsafe extern "C" fn settle_queued(
     env: sys::napi_env,
     _js_callback: sys::napi_value,
-    _context: *mut c_void,
+    context: *mut c_void,
     _data: *mut c_void,
 ) {
-    if env.is_null() {
+    if env.is_null() || context.is_null() {
         // The environment is being torn down: nothing can be settled any more.
         return;
     }
-    let done = std::mem::take(&mut *QUEUE.lock());
+    // SAFETY: `context` is the slot leaked in `bridge_for`, alive until `drop_context`.
+    let slot = &*(context as *const Mutex<Option<Arc<Bridge>>>);
+    let Some(bridge) = slot.lock().clone() else {
+        return;
+    };
+    let done = std::mem::take(&mut bridge.queue.lock().done);
     let settled = done.len();
     let env_ref = Env::from_raw(env);
     js_entry::release_pending(&env_ref);
@@ -156,9 +212,7 @@ unsafe extern "C" fn settle_queued(
             }
         }
     }
-    let before = IN_FLIGHT.fetch_sub(settled, Ordering::Relaxed);
-    if before == settled {
-        let tsfn = TSFN.load(Ordering::Acquire) as sys::napi_threadsafe_function;
-        sys::napi_unref_threadsafe_function(env, tsfn);
+    if settled > 0 && bridge.in_flight.fetch_sub(settled, Ordering::Relaxed) == settled {
+        sys::napi_unref_threadsafe_function(env, bridge.tsfn as sys::napi_threadsafe_function);
     }
 }

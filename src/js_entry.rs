@@ -397,25 +397,3 @@ pub fn lookup_value(env: &Env, store: &Store, lookup: Lookup) -> JsResult<RawVal
         }
     }
 }
-
-/// A lookup finished on the runtime, turned into JS on the main thread.
-pub struct LookupOut(pub Lookup, pub &'static Store);
-
-impl TypeName for LookupOut {
-    fn type_name() -> &'static str {
-        "unknown"
-    }
-    fn value_type() -> ValueType {
-        ValueType::Unknown
-    }
-}
-
-impl ToNapiValue for LookupOut {
-    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
-        let env = Env::from_raw(env);
-        release_pending(&env);
-        lookup_value(&env, val.1, val.0)
-            .map(|v| v.0)
-            .map_err(|e| Error::new(Status::GenericFailure, e.reason.clone()))
-    }
-}

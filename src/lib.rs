@@ -22,7 +22,7 @@ use strata_core::namespace;
 use strata_core::store::SetOutcome;
 use strata_core::tags::Durations;
 
-use js_entry::{Chunks, LookupOut, RawValue};
+use js_entry::{Chunks, RawValue};
 
 /// A stable error code, surfaced in JS as `err.code`.
 #[derive(Debug, Clone, Copy)]
@@ -327,10 +327,11 @@ pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<Raw
     )
 }
 
-/// `ucGetRemote` through the shared bridge (see `bridge.rs`): a promise, or `null` when this
-/// environment must use `ucGetRemote` instead.
-#[napi(js_name = "ucGetRemoteFast")]
-pub fn uc_get_remote_fast(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+/// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: a promise of the newer of
+/// the L1 and L2 copies, judged; same shape as `ucGet`. Never rejects. (Settled through the
+/// environment's bridge, see `bridge.rs`.)
+#[napi(js_name = "ucGetRemote")]
+pub fn uc_get_remote(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     let g = global()?;
     let fut = async move {
         let lookup = g.cache.get_remote(&key, &soft_tags).await;
@@ -338,14 +339,7 @@ pub fn uc_get_remote_fast(env: Env, key: String, soft_tags: Vec<String>) -> Resu
             Box::new(move |env| js_entry::lookup_value(env, g.cache.store(), lookup));
         settle
     };
-    submitted(&env, bridge::submit(&env, fut)?)
-}
-
-fn submitted(env: &Env, promise: Option<RawValue>) -> Result<RawValue, Code> {
-    match promise {
-        Some(p) => Ok(p),
-        None => js_entry::null(env),
-    }
+    bridge::submit(&env, fut)
 }
 
 fn set_result(g: &Global, SetReport { l1, l2 }: SetReport) -> SetResult {
@@ -362,10 +356,11 @@ fn set_result(g: &Global, SetReport { l1, l2 }: SetReport) -> SetResult {
     }
 }
 
-/// `ucSetRemote` through the shared bridge: a promise, or `null` (use `ucSetRemote`).
-#[napi(js_name = "ucSetRemoteFast")]
+/// `set` in L1 then L2 (Redis): a promise of `{ l1, l2 }`. Only invalid metadata rejects; Redis
+/// trouble leaves the entry L1-only and is reported in `l2`.
+#[napi(js_name = "ucSetRemote")]
 #[allow(clippy::too_many_arguments)]
-pub fn uc_set_remote_fast(
+pub fn uc_set_remote(
     env: Env,
     key: String,
     chunks: Chunks,
@@ -388,12 +383,13 @@ pub fn uc_set_remote_fast(
         });
         settle
     };
-    submitted(&env, bridge::submit(&env, fut)?)
+    bridge::submit(&env, fut)
 }
 
-/// `ucRefreshTags` through the shared bridge: a promise, or `null` (use `ucRefreshTags`).
-#[napi(js_name = "ucRefreshTagsFast")]
-pub fn uc_refresh_tags_fast(env: Env) -> Result<RawValue, Code> {
+/// `refreshTags()`: a promise; follows the shared invalidation log (one round trip, usually
+/// empty). Rejects only in strict mode.
+#[napi(js_name = "ucRefreshTags")]
+pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
     let g = global()?;
     let fut = async move {
         let result = g.cache.refresh_tags().await;
@@ -406,18 +402,7 @@ pub fn uc_refresh_tags_fast(env: Env) -> Result<RawValue, Code> {
         });
         settle
     };
-    submitted(&env, bridge::submit(&env, fut)?)
-}
-
-/// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: the newer of the L1 and
-/// L2 copies, judged; same result shape as `ucGet`. Never rejects.
-#[napi(js_name = "ucGetRemote")]
-pub async fn uc_get_remote(key: String, soft_tags: Vec<String>) -> napi::Result<LookupOut> {
-    let g = global_async()?;
-    Ok(LookupOut(
-        g.cache.get_remote(&key, &soft_tags).await,
-        g.cache.store(),
-    ))
+    bridge::submit(&env, fut)
 }
 
 /// Next's metadata as the set exports receive it (flat arguments: cheaper than an object).
@@ -479,29 +464,6 @@ pub struct SetResult {
     pub l2: String,
 }
 
-/// `set` in L1 then L2 (Redis). Only invalid metadata rejects; Redis trouble leaves the entry
-/// L1-only and is reported in `l2`.
-#[napi(js_name = "ucSetRemote")]
-#[allow(clippy::too_many_arguments)]
-pub async fn uc_set_remote(
-    key: String,
-    chunks: Chunks,
-    tags: Vec<String>,
-    stale: f64,
-    timestamp: f64,
-    expire: f64,
-    revalidate: f64,
-) -> napi::Result<SetResult> {
-    let g = global_async()?;
-    let meta = meta_of(tags, stale, timestamp, expire, revalidate);
-    let report = g
-        .cache
-        .set(&key, chunks.0, meta)
-        .await
-        .map_err(to_js_async)?;
-    Ok(set_result(g, report))
-}
-
 /// `durations` of `updateTags`.
 #[napi(object)]
 pub struct JsDurations {
@@ -552,13 +514,6 @@ pub async fn uc_update_tags_remote(
         .update_tags(&tags, durations)
         .await
         .map_err(to_js_async)
-}
-
-/// `refreshTags()`: follows the shared invalidation log (one round trip, usually empty).
-#[napi(js_name = "ucRefreshTags")]
-pub async fn uc_refresh_tags() -> napi::Result<()> {
-    let g = global_async()?;
-    g.cache.refresh_tags().await.map_err(to_js_async)
 }
 
 /// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;
