@@ -219,6 +219,14 @@ pub fn null(env: &Env) -> JsResult<RawValue> {
     Ok(RawValue(v))
 }
 
+/// `undefined`.
+pub fn undefined(env: &Env) -> JsResult<RawValue> {
+    let mut v = ptr::null_mut();
+    // SAFETY: plain napi call on the current env.
+    check_js(unsafe { sys::napi_get_undefined(env.raw(), &mut v) })?;
+    Ok(RawValue(v))
+}
+
 /// `[value]`.
 pub fn wrap_in_array(env: &Env, value: RawValue) -> JsResult<RawValue> {
     let mut arr = ptr::null_mut();

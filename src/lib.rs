@@ -40,21 +40,6 @@ fn to_js(err: strata_core::Error) -> napi::Error<Code> {
     napi::Error::new(Code(err.code()), err.to_string())
 }
 
-/// For async exports (napi-rs rejects their promises with its own status type): the code is
-/// carried as a `[CODE] ` prefix of the message, which index.js turns back into `err.code`.
-fn to_js_async(err: strata_core::Error) -> napi::Error {
-    napi::Error::new(Status::GenericFailure, format!("[{}] {}", err.code(), err))
-}
-
-fn global_async() -> napi::Result<&'static Global> {
-    GLOBAL.get().ok_or_else(|| {
-        napi::Error::new(
-            Status::GenericFailure,
-            "[STRATA_INTERNAL] strata-cache used before init(); this is a bug in index.js",
-        )
-    })
-}
-
 fn internal(msg: impl Into<String>) -> napi::Error<Code> {
     napi::Error::new(Code("STRATA_INTERNAL"), msg.into())
 }
@@ -395,10 +380,7 @@ pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
         let result = g.cache.refresh_tags().await;
         let settle: bridge::Settle = Box::new(move |env| {
             result.map_err(to_js)?;
-            let mut undefined = std::ptr::null_mut();
-            // SAFETY: plain napi call on the live main-thread environment.
-            unsafe { napi::sys::napi_get_undefined(env.raw(), &mut undefined) };
-            Ok(RawValue::from_raw(undefined))
+            js_entry::undefined(env)
         });
         settle
     };
@@ -496,24 +478,25 @@ pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Resu
     Ok(())
 }
 
-/// `updateTags(tags, durations?)` recorded in Redis (atomic, stamped by Redis). Rejects only in
-/// strict mode when Redis cannot record it.
+/// `updateTags(tags, durations?)` recorded in Redis (atomic, stamped by Redis): a promise.
+/// Rejects only in strict mode when Redis cannot record it.
 #[napi(js_name = "ucUpdateTagsRemote")]
-pub async fn uc_update_tags_remote(
+pub fn uc_update_tags_remote(
+    env: Env,
     tags: Vec<String>,
     durations: Option<JsDurations>,
-) -> napi::Result<()> {
-    let g = global_async()?;
-    let durations = durations_of(durations).map_err(|e| {
-        napi::Error::new(
-            Status::InvalidArg,
-            format!("[STRATA_INVALID_ARG] {}", e.reason),
-        )
-    })?;
-    g.cache
-        .update_tags(&tags, durations)
-        .await
-        .map_err(to_js_async)
+) -> Result<RawValue, Code> {
+    let g = global()?;
+    let durations = durations_of(durations)?;
+    let fut = async move {
+        let result = g.cache.update_tags(&tags, durations).await;
+        let settle: bridge::Settle = Box::new(move |env| {
+            result.map_err(to_js)?;
+            js_entry::undefined(env)
+        });
+        settle
+    };
+    bridge::submit(&env, fut)
 }
 
 /// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;

@@ -282,7 +282,7 @@ impl Cache {
             (_, Some(rm)) => {
                 let rm = Arc::new(rm);
                 // Promote: the next read of this key is an L1 hit.
-                self.store.insert_shared(Arc::clone(&rm));
+                self.store.insert(Arc::clone(&rm));
                 Metrics::inc(&r.metrics.hits);
                 rm
             }
@@ -386,12 +386,12 @@ impl Cache {
                     l2: L2Write::None,
                 })
             }
-            None => self.store.insert(Entry::new(
+            None => self.store.insert(Arc::new(Entry::new(
                 Arc::from(key),
                 value.clone(),
                 meta.clone(),
                 server_ts,
-            )),
+            ))),
         };
         let Some(r) = &self.remote else {
             return Ok(SetReport {

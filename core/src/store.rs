@@ -216,28 +216,20 @@ impl Store {
             return Ok(outcome);
         }
         let server_ts = meta.timestamp + self.clock.offset();
-        Ok(self.insert(Entry::new(Arc::from(key), value, meta, server_ts)))
+        Ok(self.insert(Arc::new(Entry::new(Arc::from(key), value, meta, server_ts))))
     }
 
-    /// Stores a complete entry in L1 (a local `set`, or an entry read from L2).
-    pub fn insert(&self, entry: Entry) -> SetOutcome {
+    /// Stores a complete entry in L1 (a local `set`, or a newer entry read from L2). An entry
+    /// larger than L1 is not stored, and the older one under its key is dropped: it is outdated
+    /// and must not be served instead.
+    pub fn insert(&self, entry: Arc<Entry>) -> SetOutcome {
         if !self.l1.fits(entry.weight()) {
             Metrics::inc(&self.metrics.rejected_too_large);
-            // Any older value under this key is now outdated: do not keep serving it.
             self.l1.remove(&entry.key);
             return SetOutcome::TooLarge;
         }
-        self.l1.insert(Arc::new(entry));
-        Metrics::inc(&self.metrics.l1_sets);
-        SetOutcome::Stored
-    }
-
-    /// Stores an entry also held elsewhere (e.g. being returned by a read) in L1.
-    pub fn insert_shared(&self, entry: Arc<Entry>) -> SetOutcome {
-        if !self.l1.fits(entry.weight()) {
-            return SetOutcome::TooLarge;
-        }
         self.l1.insert(entry);
+        Metrics::inc(&self.metrics.l1_sets);
         SetOutcome::Stored
     }
 
@@ -275,11 +267,6 @@ impl Store {
         if drop_l1 {
             self.l1.clear();
         }
-    }
-
-    /// Empties L1.
-    pub fn clear_l1(&self) {
-        self.l1.clear();
     }
 
     /// `getExpiration(tags)`, in the local clock domain Next compares it in.

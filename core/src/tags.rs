@@ -124,13 +124,6 @@ impl TagManifest {
         self.tags.clear();
     }
 
-    /// Drops every record and raises the floor to `now`: everything cached before is expired.
-    /// Used when the shared tag state could not be followed (e.g. a resync after a gap).
-    pub fn reset(&mut self, now: f64) {
-        self.tags.clear();
-        self.floor = self.floor.max(now);
-    }
-
     /// Judges an entry created at `timestamp` with `tags`, at time `now`.
     pub fn verdict<S: AsRef<str>>(&self, tags: &[S], timestamp: f64, now: f64) -> TagVerdict {
         if timestamp < self.floor {
@@ -281,15 +274,5 @@ mod tests {
         assert_eq!(m.verdict(&["other"], 2500.0, 3000.0), TagVerdict::Fresh);
         // The most recent records survive.
         assert!(m.get("_N_T_/p/999").is_some());
-    }
-
-    #[test]
-    fn reset_expires_everything_before_now() {
-        let mut m = TagManifest::new(10);
-        m.update(&["a"], None, 10.0);
-        m.reset(500.0);
-        assert!(m.is_empty());
-        assert_eq!(m.verdict(&["b"], 499.0, 600.0), TagVerdict::Expired);
-        assert_eq!(m.verdict(&["b"], 501.0, 600.0), TagVerdict::Fresh);
     }
 }
