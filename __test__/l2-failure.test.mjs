@@ -81,10 +81,14 @@ describe('Redis down and restarted empty', () => {
     const errorsBefore = (await b.call('stats')).l2.errors
     expect(await b.call('get', { key: 'missing-again' })).toBeNull()
     expect((await b.call('stats')).l2.errors).toBe(errorsBefore + 1)
+    // An invalidation made during the outage is queued ...
+    await b.call('updateTags', { tags: ['during-outage'] })
+    expect((await b.call('stats')).l2.invalidationsPending).toBe(1)
 
     await redis.restart() // same port, empty (no persistence)
-    // The breaker lets one probe through after its open period (1 s).
-    await new Promise((r) => setTimeout(r, 1100))
+    // ... and delivered once the breaker lets its probe through (after its 1 s open period):
+    // flush() resolves when the queue is empty, so nothing here waits on a guessed delay.
+    expect(await b.call('flush', { timeoutMs: 5000 })).toBe(0)
     await b.call('refreshTags')
     const s = await b.call('stats')
     expect(s.l2.breaker).toBe('closed')
