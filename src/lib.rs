@@ -4,9 +4,11 @@
 //! zero-copy hand-off of stored bytes to JS live here; every rule lives in the core.
 
 mod bridge;
+mod event_loop;
 mod js_entry;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -318,6 +320,9 @@ pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<Raw
 #[napi(js_name = "ucGetRemote")]
 pub fn uc_get_remote(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     let g = global()?;
+    if let Some(promise) = event_loop::try_get(&env, g, &key, &soft_tags)? {
+        return Ok(promise);
+    }
     let fut = async move {
         let lookup = g.cache.get_remote(&key, &soft_tags).await;
         let settle: bridge::Settle =
@@ -591,6 +596,10 @@ pub struct NativeL2Stats {
     pub breaker: String,
     /// Estimated `redis clock − local clock` (ms).
     pub clock_offset_ms: f64,
+    /// L2 reads made on Node's event loop (the direct path, see `event_loop.rs`).
+    pub direct_reads: f64,
+    /// Direct connections made for them.
+    pub direct_connects: f64,
 }
 
 /// Counters of the native cache (null before first use).
@@ -626,6 +635,8 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
             }
             .to_owned(),
             clock_offset_ms: g.cache.store().clock().offset(),
+            direct_reads: event_loop::DIRECT_READS.load(Ordering::Relaxed) as f64,
+            direct_connects: event_loop::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
         });
     Some(NativeStats {
         entries: s.entries as f64,

@@ -270,8 +270,34 @@ impl Cache {
             return Lookup::Miss;
         }
         self.ensure_clock().await;
+        let fetched = r.l2.get_entry(key).await;
+        self.finish_remote(key, soft_tags, fetched)
+    }
+
+    /// Whether an L2 read may be made outside [`Cache::get_remote`] (the event-loop read path)
+    /// and finished with [`Cache::finish_remote`]: there is an L2, strict mode (if on) has a
+    /// verified tag state, and the clock offset to Redis is known.
+    pub fn direct_read_ready(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| {
+            (!r.strict || r.verified.load(Ordering::Acquire))
+                && r.clock_synced.load(Ordering::Acquire)
+        })
+    }
+
+    /// The rest of [`Cache::get_remote`] once the L2 `GET` of `key` is done (`fetched`: its
+    /// envelope, `None` for no such key, or the error): keeps the newer of the L1 and L2
+    /// copies (promoting the L2 one), judges it. Never fails.
+    pub fn finish_remote<S: AsRef<str>>(
+        &self,
+        key: &str,
+        soft_tags: &[S],
+        fetched: Result<Option<Bytes>>,
+    ) -> Lookup {
+        let Some(r) = &self.remote else {
+            return self.store.get(key);
+        };
         let local = self.store.peek(key);
-        let remote = self.read_remote(r, key).await;
+        let remote = self.decode_remote(r, key, fetched);
         let newest = match (local, remote) {
             (None, None) => {
                 Metrics::inc(&self.store.metrics().l1_misses);
@@ -300,9 +326,14 @@ impl Cache {
         }
     }
 
-    /// Reads and checks the L2 copy of `key` (not judged, not promoted).
-    async fn read_remote(&self, r: &Remote, key: &str) -> Option<Entry> {
-        let bytes = match r.l2.get_entry(key).await {
+    /// Checks the L2 copy of `key` (not judged, not promoted).
+    fn decode_remote(
+        &self,
+        r: &Remote,
+        key: &str,
+        fetched: Result<Option<Bytes>>,
+    ) -> Option<Entry> {
+        let bytes = match fetched {
             Ok(Some(b)) => b,
             Ok(None) => {
                 Metrics::inc(&r.metrics.misses);

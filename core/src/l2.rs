@@ -64,6 +64,7 @@ use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{redact_url, validate_namespace};
 use crate::error::{Error, Result};
+use crate::resp;
 use crate::tags::{Durations, TagState};
 
 static UPDATE_TAGS: LazyLock<Script> =
@@ -345,6 +346,32 @@ enum Verdict {
     Broken,
 }
 
+/// A single Redis server reachable over plain TCP with RESP2 (see [`L2::direct_target`]).
+#[derive(Clone)]
+pub struct DirectTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `AUTH` user name (ACL), if any.
+    pub username: Option<String>,
+    /// `AUTH` password, if any.
+    pub password: Option<String>,
+    /// The database to `SELECT`.
+    pub db: i64,
+}
+
+impl fmt::Debug for DirectTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the password.
+        f.debug_struct("DirectTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
+}
+
 impl L2 {
     /// An L2 for `cfg`, reading the local clock for [`L2::server_time`] from the system clock.
     /// No I/O: the connection is made by the first call.
@@ -420,6 +447,125 @@ impl L2 {
     /// The circuit breaker guarding every call.
     pub fn breaker(&self) -> &Breaker {
         &self.inner.breaker
+    }
+
+    /// The deadline of every operation.
+    pub fn op_timeout(&self) -> Duration {
+        self.inner.op_timeout
+    }
+
+    /// Where a direct connection (the event-loop read path, `src/event_loop.rs`) can go: a
+    /// single server over plain TCP speaking RESP2. `None` for a cluster, a Unix socket, TLS or
+    /// RESP3: those reads stay on the runtime.
+    pub fn direct_target(&self) -> Option<DirectTarget> {
+        let Backend::Single(client) = &self.inner.backend else {
+            return None;
+        };
+        let info = client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let settings = info.redis_settings();
+        if settings.protocol() != redis::ProtocolVersion::RESP2 {
+            return None;
+        }
+        Some(DirectTarget {
+            host: host.clone(),
+            port: *port,
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+            db: settings.db(),
+        })
+    }
+
+    /// Opens a direct connection to `target` (from [`L2::direct_target`]): connect, `AUTH`,
+    /// `SELECT`, all within `connect_timeout + op_timeout`; returned non-blocking, with
+    /// `TCP_NODELAY`, for a reader outside the runtime. Gated by the breaker like any call.
+    pub async fn open_direct(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
+        let Some(permit) = self.inner.breaker.try_acquire() else {
+            return Err(Error::Unavailable("circuit open".to_owned()));
+        };
+        let deadline = self.inner.connect_timeout + self.inner.op_timeout;
+        match tokio::time::timeout(deadline, self.handshake(target)).await {
+            Ok(Ok(stream)) => {
+                permit.success();
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                if matches!(e, Error::Redis(_)) {
+                    permit.success();
+                } else {
+                    permit.failure();
+                }
+                Err(e)
+            }
+            Err(_) => {
+                permit.failure();
+                Err(self.inner.timeout("connect"))
+            }
+        }
+    }
+
+    async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let unavailable = |e: std::io::Error| {
+            Error::Unavailable(scrub(
+                &format!("{}: {e}", self.inner.targets),
+                &self.inner.secrets,
+            ))
+        };
+        let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(unavailable)?;
+        stream.set_nodelay(true).map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut expected = 0;
+        match (&target.username, &target.password) {
+            (Some(user), Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+                expected += 1;
+            }
+            (None, Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", pass.as_bytes()]);
+                expected += 1;
+            }
+            _ => {}
+        }
+        if target.db != 0 {
+            resp::encode_command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
+            expected += 1;
+        }
+        if expected > 0 {
+            stream.write_all(&out).await.map_err(unavailable)?;
+            let mut reader = resp::Reader::new();
+            let mut chunk = [0u8; 512];
+            while expected > 0 {
+                match reader.next_reply() {
+                    Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
+                    Ok(Some(resp::Reply::Error(e))) => {
+                        return Err(Error::Redis(scrub(&e, &self.inner.secrets)));
+                    }
+                    Ok(Some(_)) | Err(_) => {
+                        return Err(Error::Unavailable(format!(
+                            "{}: unexpected reply during the handshake",
+                            self.inner.targets
+                        )));
+                    }
+                    Ok(None) => {
+                        let n = stream.read(&mut chunk).await.map_err(unavailable)?;
+                        if n == 0 {
+                            return Err(Error::Unavailable(format!(
+                                "{}: connection closed during the handshake",
+                                self.inner.targets
+                            )));
+                        }
+                        reader.feed(&chunk[..n]);
+                    }
+                }
+            }
+        }
+        // `into_std` deregisters the socket from the runtime and leaves it non-blocking.
+        stream.into_std().map_err(unavailable)
     }
 
     /// The raw stored bytes (an envelope) of Next key `key`, or `None`.

@@ -14,6 +14,7 @@ pub mod l1;
 pub mod l2;
 pub mod metrics;
 pub mod namespace;
+pub mod resp;
 pub mod store;
 pub mod tags;
 

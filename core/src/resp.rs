@@ -1,0 +1,436 @@
+//! A minimal RESP2 codec for the event-loop read path (`src/event_loop.rs`): command encoding and
+//! an incremental reply reader that the caller feeds from a non-blocking socket.
+//!
+//! Why not the client library's parser: the event-loop path reads on Node's own thread, in the
+//! poll callback libuv runs when the socket is readable, so it needs a parser that takes bytes
+//! as they come and never waits. Two properties matter for speed:
+//!
+//! * **A large bulk reply is read straight into its final allocation.** Once the header of a
+//!   bulk string of [`DIRECT_MIN`] bytes or more has arrived, the reader allocates exactly its
+//!   length and hands that memory to the next `read(2)`; the finished value is a [`Bytes`] over
+//!   it. One copy (kernel → value) instead of read buffer → concatenation → value.
+//! * **A small value gets its own exact allocation** (one short copy out of the read buffer), so
+//!   a 1 KB entry kept in L1 does not pin the 64 KB buffer it was read into.
+
+use std::mem::MaybeUninit;
+
+use bytes::Bytes;
+
+/// Bulk strings at least this long are read directly into their own allocation.
+pub const DIRECT_MIN: usize = 32 * 1024;
+/// The read buffer's size for everything else.
+const READ_CHUNK: usize = 64 * 1024;
+/// Longest header line accepted (`$<len>`, `-ERR …`); anything longer is a protocol error.
+const MAX_LINE: usize = 64 * 1024;
+/// Nested arrays deeper than this are a protocol error (scripts return shallow arrays).
+const MAX_DEPTH: usize = 8;
+/// Largest bulk string accepted (Redis' own `proto-max-bulk-len` default is 512 MB).
+const MAX_BULK: usize = 512 * 1024 * 1024;
+
+/// One reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `$-1` or `*-1`.
+    Nil,
+    /// A bulk string.
+    Bulk(Bytes),
+    /// `+…`.
+    Simple(String),
+    /// `-…`: Redis answered with an error.
+    Error(String),
+    /// `:…`.
+    Int(i64),
+    /// `*…`.
+    Array(Vec<Reply>),
+}
+
+/// The stream is not RESP2 (or not in step with our requests): the connection must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("protocol error: {0}")]
+pub struct ProtocolError(pub &'static str);
+
+/// Appends `*<n>\r\n$<len>\r\n<arg>\r\n…` for `args` to `out`.
+pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.push(b'*');
+    push_decimal(out, args.len());
+    out.extend_from_slice(b"\r\n");
+    for arg in args {
+        out.push(b'$');
+        push_decimal(out, arg.len());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A bulk string being read directly into its own allocation.
+#[derive(Debug)]
+struct Direct {
+    value: Vec<u8>,
+    len: usize,
+}
+
+/// The incremental reply reader.
+#[derive(Debug, Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+    /// Parsed up to here; `buf[start..]` is unparsed.
+    start: usize,
+    direct: Option<Direct>,
+}
+
+impl Reader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where the next `read(2)` should write. Never empty.
+    pub fn spare(&mut self) -> &mut [MaybeUninit<u8>] {
+        if let Some(d) = &mut self.direct {
+            let missing = d.len - d.value.len();
+            if missing > 0 {
+                return &mut d.value.spare_capacity_mut()[..missing];
+            }
+        }
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= self.buf.capacity() / 2)
+        {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.buf.spare_capacity_mut()
+    }
+
+    /// Commits `n` bytes that the last `read(2)` wrote into [`Reader::spare`].
+    ///
+    /// # Safety
+    /// The first `n` bytes of the slice last returned by `spare` must have been initialised.
+    pub unsafe fn advance(&mut self, n: usize) {
+        if let Some(d) = &mut self.direct {
+            let missing = d.len - d.value.len();
+            if missing > 0 {
+                let n = n.min(missing);
+                // SAFETY: the caller initialised these bytes of the value's spare capacity.
+                unsafe { d.value.set_len(d.value.len() + n) };
+                return;
+            }
+        }
+        let n = n.min(self.buf.capacity() - self.buf.len());
+        // SAFETY: as above, for the read buffer.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+    }
+
+    /// Feeds bytes that were read elsewhere (tests, the handshake).
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let spare = self.spare();
+            let n = spare.len().min(bytes.len());
+            for (dst, src) in spare[..n].iter_mut().zip(&bytes[..n]) {
+                dst.write(*src);
+            }
+            // SAFETY: the loop above initialised `n` bytes of `spare`.
+            unsafe { self.advance(n) };
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Whether bytes of an unfinished reply are held.
+    pub fn is_mid_reply(&self) -> bool {
+        self.direct.is_some() || self.start < self.buf.len()
+    }
+
+    /// The next complete reply, if it has arrived.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ProtocolError> {
+        if let Some(d) = &self.direct {
+            if d.value.len() < d.len {
+                return Ok(None);
+            }
+            // The value is complete; its `\r\n` follows in the read buffer.
+            if self.buf.len() - self.start < 2 {
+                return Ok(None);
+            }
+            if &self.buf[self.start..self.start + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string not terminated"));
+            }
+            self.start += 2;
+            let d = self.direct.take().ok_or(ProtocolError("reader state"))?;
+            return Ok(Some(Reply::Bulk(Bytes::from(d.value))));
+        }
+        let avail = &self.buf[self.start..];
+        // A top-level bulk string that is long and incomplete switches to a direct read.
+        if avail.first() == Some(&b'$') {
+            if let Some((_, header)) = line(avail)? {
+                let len = parse_int(&avail[1..header - 2])?;
+                if len >= 0 {
+                    let len = usize::try_from(len).map_err(|_| ProtocolError("bulk length"))?;
+                    if len > MAX_BULK {
+                        return Err(ProtocolError("bulk string too long"));
+                    }
+                    if len >= DIRECT_MIN && avail.len() < header + len + 2 {
+                        let have = avail.len() - header;
+                        let mut value = Vec::with_capacity(len);
+                        value.extend_from_slice(&avail[header..]);
+                        debug_assert!(have < len + 2);
+                        let (value, extra) = if have > len {
+                            // Part of the trailing `\r\n` came too: keep it in the buffer.
+                            let extra = value.split_off(len);
+                            (value, extra)
+                        } else {
+                            (value, Vec::new())
+                        };
+                        self.buf.clear();
+                        self.start = 0;
+                        self.buf.extend_from_slice(&extra);
+                        self.direct = Some(Direct { value, len });
+                        return self.next_reply();
+                    }
+                }
+            }
+        }
+        match parse(avail, 0)? {
+            Some((reply, used)) => {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                Ok(Some(reply))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// `Some((_, end))` where `end` is just past the `\r\n` of the first line of `buf`.
+fn line(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
+    let scan = &buf[..buf.len().min(MAX_LINE)];
+    match scan.windows(2).position(|w| w == b"\r\n") {
+        Some(i) => Ok(Some((i, i + 2))),
+        None if buf.len() >= MAX_LINE => Err(ProtocolError("header line too long")),
+        None => Ok(None),
+    }
+}
+
+fn parse_int(digits: &[u8]) -> Result<i64, ProtocolError> {
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(ProtocolError("bad integer"))
+}
+
+/// One complete reply at the start of `buf` and the bytes it used, or `None` if incomplete.
+fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolError> {
+    if depth > MAX_DEPTH {
+        return Err(ProtocolError("arrays nested too deep"));
+    }
+    let Some((_, header)) = line(buf)? else {
+        return Ok(None);
+    };
+    let body = &buf[1..header - 2];
+    let text = || String::from_utf8_lossy(body).into_owned();
+    match buf[0] {
+        b'+' => Ok(Some((Reply::Simple(text()), header))),
+        b'-' => Ok(Some((Reply::Error(text()), header))),
+        b':' => Ok(Some((Reply::Int(parse_int(body)?), header))),
+        b'$' => {
+            let len = parse_int(body)?;
+            if len < 0 {
+                return Ok(Some((Reply::Nil, header)));
+            }
+            let len = usize::try_from(len).map_err(|_| ProtocolError("bulk length"))?;
+            if len > MAX_BULK {
+                return Err(ProtocolError("bulk string too long"));
+            }
+            let end = header + len;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(ProtocolError("bulk string not terminated"));
+            }
+            Ok(Some((
+                Reply::Bulk(Bytes::copy_from_slice(&buf[header..end])),
+                end + 2,
+            )))
+        }
+        b'*' => {
+            let n = parse_int(body)?;
+            if n < 0 {
+                return Ok(Some((Reply::Nil, header)));
+            }
+            let n = usize::try_from(n).map_err(|_| ProtocolError("array length"))?;
+            let mut items = Vec::with_capacity(n.min(1024));
+            let mut at = header;
+            for _ in 0..n {
+                match parse(&buf[at..], depth + 1)? {
+                    Some((item, used)) => {
+                        items.push(item);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(items), at)))
+        }
+        _ => Err(ProtocolError("unknown reply type")),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn all(r: &mut Reader) -> Vec<Reply> {
+        let mut out = Vec::new();
+        while let Some(x) = r.next_reply().unwrap() {
+            out.push(x);
+        }
+        out
+    }
+
+    #[test]
+    fn encodes_commands() {
+        let mut out = Vec::new();
+        encode_command(&mut out, &[b"GET", b"k:1"]);
+        assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$3\r\nk:1\r\n");
+        out.clear();
+        encode_command(&mut out, &[b"SET", b"", &[0u8; 12]]);
+        assert!(out.starts_with(b"*3\r\n$3\r\nSET\r\n$0\r\n\r\n$12\r\n"));
+    }
+
+    #[test]
+    fn parses_every_reply_type_in_one_feed() {
+        let mut r = Reader::new();
+        r.feed(b"+OK\r\n-ERR bad\r\n:42\r\n$-1\r\n$3\r\nabc\r\n*2\r\n$1\r\nx\r\n*1\r\n:7\r\n*-1\r\n$0\r\n\r\n");
+        assert_eq!(
+            all(&mut r),
+            vec![
+                Reply::Simple("OK".into()),
+                Reply::Error("ERR bad".into()),
+                Reply::Int(42),
+                Reply::Nil,
+                Reply::Bulk(Bytes::from_static(b"abc")),
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from_static(b"x")),
+                    Reply::Array(vec![Reply::Int(7)])
+                ]),
+                Reply::Nil,
+                Reply::Bulk(Bytes::new()),
+            ]
+        );
+        assert!(!r.is_mid_reply());
+    }
+
+    #[test]
+    fn byte_by_byte_gives_the_same_replies() {
+        let big = vec![7u8; DIRECT_MIN + 5];
+        let mut wire = b"$3\r\nabc\r\n".to_vec();
+        wire.extend_from_slice(format!("${}\r\n", big.len()).as_bytes());
+        wire.extend_from_slice(&big);
+        wire.extend_from_slice(b"\r\n*2\r\n:1\r\n$-1\r\n");
+        let mut r = Reader::new();
+        let mut got = Vec::new();
+        for b in &wire {
+            r.feed(std::slice::from_ref(b));
+            got.extend(all(&mut r));
+        }
+        assert_eq!(
+            got,
+            vec![
+                Reply::Bulk(Bytes::from_static(b"abc")),
+                Reply::Bulk(Bytes::from(big)),
+                Reply::Array(vec![Reply::Int(1), Reply::Nil]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_large_bulk_is_read_into_its_own_exact_allocation() {
+        let len = 1 << 20;
+        let mut r = Reader::new();
+        r.feed(format!("${len}\r\n").as_bytes());
+        r.feed(&vec![1u8; 1000]);
+        assert_eq!(r.next_reply().unwrap(), None);
+        // From now on reads go into the value itself, exactly what is missing.
+        assert_eq!(r.spare().len(), len - 1000);
+        r.feed(&vec![1u8; len - 1000]);
+        assert_eq!(r.next_reply().unwrap(), None, "the CRLF has not arrived");
+        r.feed(b"\r\n:5\r\n");
+        match r.next_reply().unwrap() {
+            Some(Reply::Bulk(b)) => {
+                assert_eq!(b.len(), len);
+                assert!(b.iter().all(|&x| x == 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.next_reply().unwrap(), Some(Reply::Int(5)));
+        assert_eq!(r.next_reply().unwrap(), None);
+    }
+
+    #[test]
+    fn a_large_bulk_that_arrives_whole_with_its_neighbours() {
+        let big = vec![9u8; DIRECT_MIN * 2];
+        let mut wire = format!("${}\r\n", big.len()).into_bytes();
+        wire.extend_from_slice(&big);
+        wire.extend_from_slice(b"\r\n+OK\r\n");
+        let mut r = Reader::new();
+        r.feed(&wire);
+        assert_eq!(
+            all(&mut r),
+            vec![Reply::Bulk(Bytes::from(big)), Reply::Simple("OK".into())]
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_not_a_panic() {
+        for wire in [
+            &b"?what\r\n"[..],
+            b"$abc\r\n",
+            b"$3\r\nabcXY",
+            b":1.5\r\n",
+            b"$99999999999999999999\r\n",
+        ] {
+            let mut r = Reader::new();
+            r.feed(wire);
+            assert!(r.next_reply().is_err(), "{wire:?}");
+        }
+        let mut r = Reader::new();
+        r.feed(&vec![b'+'; MAX_LINE + 1]);
+        assert!(r.next_reply().is_err());
+        let mut deep = Vec::new();
+        for _ in 0..=MAX_DEPTH + 1 {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        deep.extend_from_slice(b":1\r\n");
+        let mut r = Reader::new();
+        r.feed(&deep);
+        assert!(r.next_reply().is_err());
+    }
+
+    #[test]
+    fn a_big_bulk_with_a_bad_terminator_is_an_error() {
+        let mut r = Reader::new();
+        r.feed(format!("${DIRECT_MIN}\r\n").as_bytes());
+        r.feed(&vec![0u8; DIRECT_MIN]);
+        r.feed(b"XX");
+        assert!(r.next_reply().is_err());
+    }
+}

@@ -1,0 +1,727 @@
+//! The event-loop read path: L2 `GET`s on Node's own thread, driven by libuv.
+//!
+//! An L2 read through the runtime costs two thread wake-ups on top of the Redis round trip
+//! (Node's thread → a runtime worker, and back through the bridge): about 7 µs, as much as the
+//! whole `GET` of a small value by a JS client, which writes from Node's thread and is woken by
+//! libuv when the reply arrives. This path does the same, natively: each environment's thread
+//! (the main thread, or a worker thread) has its own connection to Redis, registered with its
+//! libuv loop (`uv_poll`). A `get` writes its `GET` with one non-blocking `write(2)`; when the
+//! socket becomes readable, libuv calls [`on_poll`], which reads, parses the replies in Rust
+//! (`strata_core::resp`, large values straight into their final allocation), judges them with
+//! the same rules as the runtime path ([`Cache::finish_remote`]) and settles the promises inside
+//! a callback scope, so their continuations run right after, like a JS socket's `data` handler.
+//! Requests issued by those continuations are written together, once they have all run (one
+//! `write(2)` for a whole batch under load).
+//!
+//! Same guarantees as the runtime path: the circuit breaker gates and is told every outcome, a
+//! deadline bounds every read ([`L2::op_timeout`], a libuv timer), and a failure is a miss (or
+//! the L1 copy), never a rejection. A timeout or any I/O or protocol error drops the connection
+//! (replies are matched in order, so a connection with an abandoned request cannot be reused);
+//! the next read makes a new one after a short pause, on the runtime (connect, `AUTH`, `SELECT`),
+//! and reads go through the runtime until it is up.
+//!
+//! Only the `GET` of an entry takes this path; everything else (writes, scripts, the clock, a
+//! cluster, TLS, Unix sockets, RESP3, a read before the clock offset is known) stays on the
+//! runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
+//!
+//! [`Cache::finish_remote`]: strata_core::cache::Cache::finish_remote
+//! [`L2::op_timeout`]: strata_core::l2::L2::op_timeout
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void};
+use std::io::{ErrorKind, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use napi::bindgen_prelude::{spawn, Env};
+use napi::sys;
+use parking_lot::Mutex;
+
+use strata_core::breaker::{Permit, State as BreakerState};
+use strata_core::l2::DirectTarget;
+use strata_core::resp::{self, Reader, Reply};
+
+use crate::js_entry::{self, RawValue};
+use crate::{internal, Global, JsResult};
+
+/// Reads served by this path (all environments).
+pub static DIRECT_READS: AtomicU64 = AtomicU64::new(0);
+/// Direct connections made (all environments).
+pub static DIRECT_CONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// After a failed connect or a dropped connection, reads use the runtime for this long.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+// libuv, as exported by the Node binary (stable ABI since libuv 1.0).
+const UV_POLL: c_int = 8;
+const UV_TIMER: c_int = 13;
+const UV_READABLE: c_int = 1;
+const UV_WRITABLE: c_int = 2;
+
+type UvHandle = c_void;
+extern "C" {
+    fn uv_handle_size(kind: c_int) -> usize;
+    fn uv_poll_init(lp: *mut sys::uv_loop_s, handle: *mut UvHandle, fd: c_int) -> c_int;
+    fn uv_poll_start(
+        handle: *mut UvHandle,
+        events: c_int,
+        cb: unsafe extern "C" fn(*mut UvHandle, c_int, c_int),
+    ) -> c_int;
+    fn uv_poll_stop(handle: *mut UvHandle) -> c_int;
+    fn uv_timer_init(lp: *mut sys::uv_loop_s, handle: *mut UvHandle) -> c_int;
+    fn uv_timer_start(
+        handle: *mut UvHandle,
+        cb: unsafe extern "C" fn(*mut UvHandle),
+        timeout: u64,
+        repeat: u64,
+    ) -> c_int;
+    fn uv_timer_stop(handle: *mut UvHandle) -> c_int;
+    fn uv_close(handle: *mut UvHandle, cb: Option<unsafe extern "C" fn(*mut UvHandle)>);
+    fn uv_ref(handle: *mut UvHandle);
+    fn uv_unref(handle: *mut UvHandle);
+    fn uv_now(lp: *const sys::uv_loop_s) -> u64;
+}
+
+/// A libuv handle's memory (`malloc`ed: freed by [`free_handle`] once libuv closed it).
+fn alloc_handle(kind: c_int) -> *mut UvHandle {
+    // SAFETY: uv_handle_size is a pure function of the handle type.
+    let size = unsafe { uv_handle_size(kind) };
+    // SAFETY: plain allocation; zeroed so `data` (the first field) starts null.
+    unsafe { libc::calloc(1, size) }
+}
+
+unsafe extern "C" fn free_handle(handle: *mut UvHandle) {
+    // SAFETY: `handle` came from alloc_handle and libuv is done with it (close callback).
+    unsafe { libc::free(handle) };
+}
+
+thread_local! {
+    /// This thread's environment's state (Node runs one environment per thread).
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+}
+
+/// `STRATA_L2_DIRECT_READS=0` turns the path off (read once per process).
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("STRATA_L2_DIRECT_READS").as_deref(),
+            Ok("0" | "false" | "off" | "no")
+        )
+    })
+}
+
+struct State {
+    env: sys::napi_env,
+    lp: *mut sys::uv_loop_s,
+    /// For the callback scope that settles promises from a libuv callback.
+    async_ctx: sys::napi_async_context,
+    resource: sys::napi_ref,
+    target: DirectTarget,
+    link: Link,
+    /// Bumped for every connection; a callback of an older one is ignored.
+    generation: u64,
+    /// Inside [`on_poll`]'s settling: requests queue their bytes for one write at the end.
+    dispatching: bool,
+}
+
+enum Link {
+    Down { retry_at: Instant },
+    Connecting(Arc<Mutex<Option<strata_core::Result<TcpStream>>>>),
+    Up(Box<Conn>),
+}
+
+struct Conn {
+    stream: TcpStream,
+    poll: *mut UvHandle,
+    timer: *mut UvHandle,
+    reader: Reader,
+    out: Vec<u8>,
+    written: usize,
+    pending: VecDeque<Pending>,
+    want_writable: bool,
+    referenced: bool,
+    timer_armed: bool,
+}
+
+struct Pending {
+    deferred: sys::napi_deferred,
+    key: String,
+    soft_tags: Vec<String>,
+    permit: Permit,
+    /// In libuv's clock (ms).
+    deadline: u64,
+}
+
+/// Why a connection was dropped.
+#[derive(Clone, Copy)]
+enum Failure {
+    Timeout,
+    Broken,
+}
+
+/// A read to settle, once the state is no longer borrowed.
+struct Done {
+    pending: Pending,
+    outcome: Result<Reply, Failure>,
+}
+
+/// Tries the event-loop path for `get(key, softTags)` after an L1 miss. `Ok(None)`: not
+/// available right now (no direct connection yet, breaker open, …), use the runtime.
+pub fn try_get(
+    env: &Env,
+    g: &'static Global,
+    key: &str,
+    soft_tags: &[String],
+) -> JsResult<Option<RawValue>> {
+    if !enabled() || !g.cache.direct_read_ready() {
+        return Ok(None);
+    }
+    let Some(l2) = g.cache.l2() else {
+        return Ok(None);
+    };
+    let raw = env.raw();
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let Some(target) = l2.direct_target() else {
+                return Ok(None);
+            };
+            *slot = Some(State::new(raw, target)?);
+        }
+        let Some(state) = slot.as_mut() else {
+            return Ok(None);
+        };
+        if state.env != raw {
+            return Ok(None);
+        }
+        if !state.ensure_up(g) {
+            return Ok(None);
+        }
+        let Link::Up(conn) = &mut state.link else {
+            return Ok(None);
+        };
+        let Some(permit) = l2.breaker().try_acquire() else {
+            return Ok(None);
+        };
+        let entry_key = l2.keys().entry(key);
+        let mut deferred = ptr::null_mut();
+        let mut promise = ptr::null_mut();
+        // SAFETY: plain napi call on this call's live environment, on its thread.
+        check(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })?;
+        let timeout = u64::try_from(l2.op_timeout().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // SAFETY: the loop of this thread's environment.
+        let now = unsafe { uv_now(state.lp) };
+        resp::encode_command(&mut conn.out, &[b"GET", entry_key.as_bytes()]);
+        conn.pending.push_back(Pending {
+            deferred,
+            key: key.to_owned(),
+            soft_tags: soft_tags.to_vec(),
+            permit,
+            deadline: now.saturating_add(timeout),
+        });
+        conn.after_enqueue(timeout);
+        if !state.dispatching {
+            state.flush();
+        }
+        Ok(Some(RawValue::from_raw(promise)))
+    })
+}
+
+fn check(status: sys::napi_status) -> JsResult<()> {
+    if status == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(internal(format!("napi call failed with status {status}")))
+    }
+}
+
+impl State {
+    fn new(env: sys::napi_env, target: DirectTarget) -> JsResult<State> {
+        let mut lp = ptr::null_mut();
+        let mut resource = ptr::null_mut();
+        let mut name = ptr::null_mut();
+        let mut async_ctx = ptr::null_mut();
+        let mut resource_ref = ptr::null_mut();
+        // SAFETY: plain napi calls on the live environment of the current call, on its thread.
+        unsafe {
+            check(sys::napi_get_uv_event_loop(env, &mut lp))?;
+            check(sys::napi_create_object(env, &mut resource))?;
+            check(sys::napi_create_string_utf8(
+                env,
+                c"strata-cache:l2-read".as_ptr(),
+                20,
+                &mut name,
+            ))?;
+            check(sys::napi_async_init(env, resource, name, &mut async_ctx))?;
+            check(sys::napi_create_reference(
+                env,
+                resource,
+                1,
+                &mut resource_ref,
+            ))?;
+            check(sys::napi_add_env_cleanup_hook(
+                env,
+                Some(teardown_env),
+                ptr::null_mut(),
+            ))?;
+        }
+        Ok(State {
+            env,
+            lp,
+            async_ctx,
+            resource: resource_ref,
+            target,
+            link: Link::Down {
+                retry_at: Instant::now(),
+            },
+            generation: 0,
+            dispatching: false,
+        })
+    }
+
+    /// Moves the link forward; `true` when a connection is up.
+    fn ensure_up(&mut self, g: &'static Global) -> bool {
+        match &self.link {
+            Link::Up(_) => true,
+            Link::Down { retry_at } => {
+                if Instant::now() < *retry_at {
+                    return false;
+                }
+                let Some(l2) = g.cache.l2() else { return false };
+                if l2.breaker().state() != BreakerState::Closed {
+                    // The runtime path probes a recovering Redis; connect once it closed.
+                    return false;
+                }
+                let slot = Arc::new(Mutex::new(None));
+                let done = Arc::clone(&slot);
+                let target = self.target.clone();
+                spawn(async move {
+                    let Some(l2) = g.cache.l2() else { return };
+                    let result = l2.open_direct(&target).await;
+                    *done.lock() = Some(result);
+                });
+                self.link = Link::Connecting(slot);
+                false
+            }
+            Link::Connecting(slot) => {
+                let outcome = slot.lock().take();
+                match outcome {
+                    None => false,
+                    Some(Err(_)) => {
+                        self.link = Link::Down {
+                            retry_at: Instant::now() + RETRY_AFTER,
+                        };
+                        false
+                    }
+                    Some(Ok(stream)) => match self.attach(stream) {
+                        Some(conn) => {
+                            DIRECT_CONNECTS.fetch_add(1, Ordering::Relaxed);
+                            self.link = Link::Up(conn);
+                            true
+                        }
+                        None => {
+                            self.link = Link::Down {
+                                retry_at: Instant::now() + RETRY_AFTER,
+                            };
+                            false
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    /// Registers a connected socket with this thread's loop.
+    fn attach(&mut self, stream: TcpStream) -> Option<Box<Conn>> {
+        if stream.set_nonblocking(true).is_err() {
+            return None;
+        }
+        let poll = alloc_handle(UV_POLL);
+        let timer = alloc_handle(UV_TIMER);
+        if poll.is_null() || timer.is_null() {
+            // SAFETY: null or never handed to libuv.
+            unsafe {
+                libc::free(poll);
+                libc::free(timer);
+            }
+            return None;
+        }
+        self.generation += 1;
+        let tag = self.generation as usize as *mut c_void;
+        // SAFETY: fresh handle memory, this thread's loop, a socket we own and keep open while
+        // the handle is active; `data` (the first field of every handle) carries the generation.
+        unsafe {
+            *(poll as *mut *mut c_void) = tag;
+            *(timer as *mut *mut c_void) = tag;
+            if uv_poll_init(self.lp, poll, stream.as_raw_fd()) != 0 {
+                libc::free(poll);
+                libc::free(timer);
+                return None;
+            }
+            if uv_timer_init(self.lp, timer) != 0 || uv_poll_start(poll, UV_READABLE, on_poll) != 0
+            {
+                uv_close(poll, Some(free_handle));
+                libc::free(timer);
+                return None;
+            }
+            // Idle, the connection must not keep the process alive.
+            uv_unref(poll);
+            uv_unref(timer);
+        }
+        Some(Box::new(Conn {
+            stream,
+            poll,
+            timer,
+            reader: Reader::new(),
+            out: Vec::with_capacity(4096),
+            written: 0,
+            pending: VecDeque::new(),
+            want_writable: false,
+            referenced: false,
+            timer_armed: false,
+        }))
+    }
+
+    /// Writes what is queued; on failure drops the connection (its reads are returned).
+    fn flush(&mut self) -> Vec<Done> {
+        let Link::Up(conn) = &mut self.link else {
+            return Vec::new();
+        };
+        match conn.write_out() {
+            Ok(()) => Vec::new(),
+            Err(()) => self.drop_link(Failure::Broken),
+        }
+    }
+
+    /// Drops the connection; every read in flight fails with `why`.
+    fn drop_link(&mut self, why: Failure) -> Vec<Done> {
+        let link = std::mem::replace(
+            &mut self.link,
+            Link::Down {
+                retry_at: Instant::now() + RETRY_AFTER,
+            },
+        );
+        let Link::Up(conn) = link else {
+            return Vec::new();
+        };
+        let conn = *conn;
+        conn.close_handles();
+        conn.pending
+            .into_iter()
+            .map(|pending| Done {
+                pending,
+                outcome: Err(why),
+            })
+            .collect()
+    }
+}
+
+impl Conn {
+    fn after_enqueue(&mut self, timeout: u64) {
+        if !self.referenced {
+            // SAFETY: a live handle of this thread's loop.
+            unsafe { uv_ref(self.poll) };
+            self.referenced = true;
+        }
+        if !self.timer_armed {
+            // SAFETY: as above.
+            unsafe { uv_timer_start(self.timer, on_timer, timeout, 0) };
+            self.timer_armed = true;
+        }
+    }
+
+    fn after_settle(&mut self) {
+        if self.pending.is_empty() && self.referenced {
+            // SAFETY: a live handle of this thread's loop.
+            unsafe { uv_unref(self.poll) };
+            self.referenced = false;
+        }
+    }
+
+    fn write_out(&mut self) -> Result<(), ()> {
+        while self.written < self.out.len() {
+            match (&self.stream).write(&self.out[self.written..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if !self.want_writable {
+                        self.want_writable = true;
+                        // SAFETY: a live handle of this thread's loop.
+                        unsafe { uv_poll_start(self.poll, UV_READABLE | UV_WRITABLE, on_poll) };
+                    }
+                    return Ok(());
+                }
+                Err(_) => return Err(()),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        if self.want_writable {
+            self.want_writable = false;
+            // SAFETY: as above.
+            unsafe { uv_poll_start(self.poll, UV_READABLE, on_poll) };
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has and parses every complete reply.
+    fn read_in(&mut self, done: &mut Vec<Done>) -> Result<(), ()> {
+        let fd = self.stream.as_raw_fd();
+        loop {
+            let spare = self.reader.spare();
+            let want = spare.len();
+            // SAFETY: `spare` is writable memory of `want` bytes owned by the reader.
+            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
+            if n > 0 {
+                let n = n as usize;
+                // SAFETY: read(2) initialised `n` bytes of `spare`.
+                unsafe { self.reader.advance(n) };
+                loop {
+                    match self.reader.next_reply() {
+                        Ok(Some(reply)) => {
+                            let Some(pending) = self.pending.pop_front() else {
+                                return Err(()); // a reply nobody asked for
+                            };
+                            done.push(Done {
+                                pending,
+                                outcome: Ok(reply),
+                            });
+                        }
+                        Ok(None) => break,
+                        Err(_) => return Err(()),
+                    }
+                }
+                if n < want {
+                    return Ok(());
+                }
+            } else if n == 0 {
+                return Err(()); // closed by Redis
+            } else {
+                match std::io::Error::last_os_error().kind() {
+                    ErrorKind::Interrupted => {}
+                    ErrorKind::WouldBlock => return Ok(()),
+                    _ => return Err(()),
+                }
+            }
+        }
+    }
+
+    fn close_handles(&self) {
+        // SAFETY: live handles of this thread's loop; stopped before the socket closes (when
+        // `self.stream` drops, after this), and freed by libuv's close callback.
+        unsafe {
+            uv_poll_stop(self.poll);
+            uv_timer_stop(self.timer);
+            uv_close(self.poll, Some(free_handle));
+            uv_close(self.timer, Some(free_handle));
+        }
+    }
+}
+
+/// The generation a handle belongs to.
+unsafe fn generation_of(handle: *mut UvHandle) -> u64 {
+    // SAFETY: `data`, the first field, set in `attach`.
+    unsafe { *(handle as *mut *mut c_void) as usize as u64 }
+}
+
+unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int) {
+    // SAFETY: called by libuv with a handle of ours.
+    let generation = unsafe { generation_of(handle) };
+    let Some((env, done)) = STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let state = slot.as_mut()?;
+        if state.generation != generation {
+            return None;
+        }
+        let Link::Up(conn) = &mut state.link else {
+            return None;
+        };
+        let mut done = Vec::new();
+        let mut ok = status >= 0;
+        if ok && events & UV_WRITABLE != 0 {
+            ok = conn.write_out().is_ok();
+        }
+        if ok && events & UV_READABLE != 0 {
+            ok = conn.read_in(&mut done).is_ok();
+        }
+        if !ok {
+            done.extend(state.drop_link(Failure::Broken));
+        }
+        state.dispatching = true;
+        Some((state.env, done))
+    }) else {
+        return;
+    };
+    settle(env, done);
+    finish_dispatch();
+}
+
+unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
+    // SAFETY: called by libuv with a handle of ours.
+    let generation = unsafe { generation_of(handle) };
+    let Some((env, done)) = STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let state = slot.as_mut()?;
+        if state.generation != generation {
+            return None;
+        }
+        let lp = state.lp;
+        let Link::Up(conn) = &mut state.link else {
+            return None;
+        };
+        conn.timer_armed = false;
+        // libuv runs timers before polling: after a long JS task the replies may be waiting in
+        // the socket already. Take them first; only a reply that did not arrive is late.
+        let mut done = Vec::new();
+        if conn.read_in(&mut done).is_err() {
+            done.extend(state.drop_link(Failure::Broken));
+        } else if let Some(head) = conn.pending.front().map(|p| p.deadline) {
+            // SAFETY: this thread's loop.
+            let now = unsafe { uv_now(lp) };
+            if head > now {
+                // SAFETY: a live handle of this thread's loop.
+                unsafe { uv_timer_start(conn.timer, on_timer, head - now, 0) };
+                conn.timer_armed = true;
+            } else {
+                // The oldest read is overdue: the connection is stuck (or Redis is).
+                done.extend(state.drop_link(Failure::Timeout));
+            }
+        }
+        if done.is_empty() {
+            return None;
+        }
+        state.dispatching = true;
+        Some((state.env, done))
+    }) else {
+        return;
+    };
+    settle(env, done);
+    finish_dispatch();
+}
+
+/// After settling: writes what the continuations queued, updates the handle's reference.
+fn finish_dispatch() {
+    let (env, done) = match STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let state = slot.as_mut()?;
+        state.dispatching = false;
+        let done = state.flush();
+        if let Link::Up(conn) = &mut state.link {
+            conn.after_settle();
+        }
+        Some((state.env, done))
+    }) {
+        Some(x) => x,
+        None => return,
+    };
+    if !done.is_empty() {
+        // A write failed: those reads are misses (their continuations take the runtime path:
+        // the link is down).
+        settle(env, done);
+    }
+}
+
+/// Settles `done` inside a callback scope (so promise continuations run when it closes).
+fn settle(env: sys::napi_env, done: Vec<Done>) {
+    let Ok(g) = crate::global() else { return };
+    let (async_ctx, resource_ref) =
+        match STATE.with(|cell| cell.borrow().as_ref().map(|s| (s.async_ctx, s.resource))) {
+            Some(x) => x,
+            None => return,
+        };
+    let env_ref = Env::from_raw(env);
+    // SAFETY: called from a libuv callback on the environment's own thread, outside any JS
+    // call; the scopes make napi calls legal here and run microtasks when the outer one closes.
+    unsafe {
+        let mut handle_scope = ptr::null_mut();
+        if sys::napi_open_handle_scope(env, &mut handle_scope) != sys::Status::napi_ok {
+            return;
+        }
+        let mut resource = ptr::null_mut();
+        let mut scope = ptr::null_mut();
+        let scoped = sys::napi_get_reference_value(env, resource_ref, &mut resource)
+            == sys::Status::napi_ok
+            && sys::napi_open_callback_scope(env, resource, async_ctx, &mut scope)
+                == sys::Status::napi_ok;
+        js_entry::release_pending(&env_ref);
+        for Done { pending, outcome } in done {
+            let Pending {
+                deferred,
+                key,
+                soft_tags,
+                permit,
+                ..
+            } = pending;
+            let fetched = match outcome {
+                Ok(reply) => {
+                    // Redis answered, whatever it said.
+                    permit.success();
+                    match reply {
+                        Reply::Bulk(b) => Ok(Some(b)),
+                        Reply::Nil => Ok(None::<Bytes>),
+                        Reply::Error(e) => Err(strata_core::Error::Redis(e)),
+                        _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
+                    }
+                }
+                Err(why) => {
+                    permit.failure();
+                    Err(match why {
+                        Failure::Timeout => strata_core::Error::Timeout {
+                            op: "get_entry",
+                            ms: g.cache.l2().map_or(0, |l2| {
+                                u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
+                            }),
+                        },
+                        Failure::Broken => {
+                            strata_core::Error::Unavailable("connection lost".into())
+                        }
+                    })
+                }
+            };
+            DIRECT_READS.fetch_add(1, Ordering::Relaxed);
+            let lookup = g.cache.finish_remote(&key, &soft_tags, fetched);
+            match js_entry::lookup_value(&env_ref, g.cache.store(), lookup) {
+                Ok(v) => {
+                    sys::napi_resolve_deferred(env, deferred, v.raw());
+                }
+                Err(_) => {
+                    // Could not build the value (out of memory in V8?): a miss.
+                    let mut null = ptr::null_mut();
+                    sys::napi_get_null(env, &mut null);
+                    sys::napi_resolve_deferred(env, deferred, null);
+                }
+            }
+        }
+        if scoped {
+            sys::napi_close_callback_scope(env, scope);
+        }
+        sys::napi_close_handle_scope(env, handle_scope);
+    }
+}
+
+/// Environment teardown: closes the connection; reads in flight are abandoned (their promises
+/// belong to the dying environment).
+unsafe extern "C" fn teardown_env(_arg: *mut c_void) {
+    let state = STATE.with(|cell| cell.borrow_mut().take());
+    if let Some(mut state) = state {
+        if let Link::Up(conn) = std::mem::replace(
+            &mut state.link,
+            Link::Down {
+                retry_at: Instant::now(),
+            },
+        ) {
+            conn.close_handles();
+            // The permits of the abandoned reads drop unreported (see `Permit`).
+        }
+    }
+}
