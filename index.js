@@ -224,12 +224,24 @@ function createUseCacheHandler(options) {
         if (pending !== undefined) await pending
         bootWith()
         let hit
+        let value
         if (l2) {
           // With Redis, a stale or soft-tag-expired L1 copy is checked against L2 first: another
-          // instance may have regenerated it already.
+          // instance may have regenerated it already. A fresh L1 hit comes back at once; anything
+          // else is a promise, and its request is already on its way to Redis.
           const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
-          hit = native.ucGetFresh(cacheKey, soft)
-          if (hit === null) hit = await native.ucGetRemote(cacheKey, soft)
+          hit = native.ucGetL2(cacheKey, soft)
+          if (hit instanceof Promise) {
+            // Build the stream during the round trip (it costs about as much as the JS side of
+            // a Redis read); on a miss it is dropped unused.
+            let controller
+            value = new ReadableStream({ start(c) { controller = c } })
+            hit = await hit
+            if (hit !== null) {
+              controller.enqueue((Array.isArray(hit) ? hit[0] : hit).value)
+              controller.close()
+            }
+          }
         } else {
           hit = native.ucGet(cacheKey)
         }
@@ -244,7 +256,7 @@ function createUseCacheHandler(options) {
           revalidate = entry.revalidate
         }
         return {
-          value: streamOf(entry.value),
+          value: value ?? streamOf(entry.value),
           tags: entry.tags.slice(),
           stale: entry.stale,
           timestamp: entry.timestamp,

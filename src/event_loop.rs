@@ -17,8 +17,9 @@
 //! deadline bounds every read ([`L2::op_timeout`], a libuv timer), and a failure is a miss (or
 //! the L1 copy), never a rejection. A timeout or any I/O or protocol error drops the connection
 //! (replies are matched in order, so a connection with an abandoned request cannot be reused);
-//! the next read makes a new one after a short pause, on the runtime (connect, `AUTH`, `SELECT`),
-//! and reads go through the runtime until it is up.
+//! the next read, once the breaker is closed, makes a new one on the runtime (connect, `AUTH`,
+//! `SELECT`; after a failed attempt the next waits 250 ms), and reads go through the runtime
+//! until it is up.
 //!
 //! Only the `GET` of an entry takes this path; everything else (writes, scripts, the clock, a
 //! cluster, TLS, Unix sockets, RESP3, a read before the clock offset is known) stays on the
@@ -55,7 +56,7 @@ pub static DIRECT_READS: AtomicU64 = AtomicU64::new(0);
 /// Direct connections made (all environments).
 pub static DIRECT_CONNECTS: AtomicU64 = AtomicU64::new(0);
 
-/// After a failed connect or a dropped connection, reads use the runtime for this long.
+/// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 // libuv, as exported by the Node binary (stable ABI since libuv 1.0).
@@ -187,7 +188,7 @@ pub fn try_get(
         return Ok(None);
     };
     let raw = env.raw();
-    STATE.with(|cell| {
+    let taken = STATE.with(|cell| -> JsResult<Option<(RawValue, Vec<Done>)>> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             let Some(target) = l2.direct_target() else {
@@ -229,11 +230,24 @@ pub fn try_get(
             deadline: now.saturating_add(timeout),
         });
         conn.after_enqueue(timeout);
-        if !state.dispatching {
-            state.flush();
+        // Inside our own callback, requests wait for the end of it to go out together, unless
+        // the connection has nothing else in flight: then there is nothing to batch with, and
+        // sending at once lets Redis work while JS goes on (building the stream, for one).
+        if !state.dispatching || conn.pending.len() == 1 {
+            let failed = state.flush();
+            return Ok(Some((RawValue::from_raw(promise), failed)));
         }
-        Ok(Some(RawValue::from_raw(promise)))
-    })
+        Ok(Some((RawValue::from_raw(promise), Vec::new())))
+    })?;
+    let Some((promise, failed)) = taken else {
+        return Ok(None);
+    };
+    if !failed.is_empty() {
+        // The write failed and the connection was dropped: its reads (this one included) are
+        // misses, settled now that the state is released.
+        settle(raw, failed, false);
+    }
+    Ok(Some(promise))
 }
 
 fn check(status: sys::napi_status) -> JsResult<()> {
@@ -402,12 +416,13 @@ impl State {
         }
     }
 
-    /// Drops the connection; every read in flight fails with `why`.
+    /// Drops the connection; every read in flight fails with `why`. The next read connects
+    /// anew (once the breaker is closed), so a restarted Redis is found at once.
     fn drop_link(&mut self, why: Failure) -> Vec<Done> {
         let link = std::mem::replace(
             &mut self.link,
             Link::Down {
-                retry_at: Instant::now() + RETRY_AFTER,
+                retry_at: Instant::now(),
             },
         );
         let Link::Up(conn) = link else {
@@ -562,7 +577,7 @@ unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int
     }) else {
         return;
     };
-    settle(env, done);
+    settle(env, done, true);
     finish_dispatch();
 }
 
@@ -605,7 +620,7 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
     }) else {
         return;
     };
-    settle(env, done);
+    settle(env, done, true);
     finish_dispatch();
 }
 
@@ -627,12 +642,13 @@ fn finish_dispatch() {
     if !done.is_empty() {
         // A write failed: those reads are misses (their continuations take the runtime path:
         // the link is down).
-        settle(env, done);
+        settle(env, done, true);
     }
 }
 
-/// Settles `done` inside a callback scope (so promise continuations run when it closes).
-fn settle(env: sys::napi_env, done: Vec<Done>) {
+/// Settles `done`. From a libuv callback (`from_loop`), inside a callback scope, so promise
+/// continuations run when it closes; from a JS call, directly (they run after it returns).
+fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
     let Ok(g) = crate::global() else { return };
     let (async_ctx, resource_ref) =
         match STATE.with(|cell| cell.borrow().as_ref().map(|s| (s.async_ctx, s.resource))) {
@@ -649,8 +665,9 @@ fn settle(env: sys::napi_env, done: Vec<Done>) {
         }
         let mut resource = ptr::null_mut();
         let mut scope = ptr::null_mut();
-        let scoped = sys::napi_get_reference_value(env, resource_ref, &mut resource)
-            == sys::Status::napi_ok
+        let scoped = from_loop
+            && sys::napi_get_reference_value(env, resource_ref, &mut resource)
+                == sys::Status::napi_ok
             && sys::napi_open_callback_scope(env, resource, async_ctx, &mut scope)
                 == sys::Status::napi_ok;
         js_entry::release_pending(&env_ref);

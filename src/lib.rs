@@ -21,7 +21,7 @@ use strata_core::config::{redact_url, Config, Options};
 use strata_core::entry::EntryMeta;
 use strata_core::metrics::Metrics;
 use strata_core::namespace;
-use strata_core::store::SetOutcome;
+use strata_core::store::{Lookup, SetOutcome};
 use strata_core::tags::Durations;
 
 use js_entry::{Chunks, RawValue};
@@ -301,25 +301,19 @@ pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
     js_entry::lookup_value(&env, g.cache.store(), g.cache.get_local(&key))
 }
 
-/// With L2: `get(cacheKey, softTags)` on L1, a hit only when the L1 copy is fresh; `null`
-/// means "ask L2" (`ucGetRemote`).
-#[napi(js_name = "ucGetFresh")]
-pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+/// With L2: `get(cacheKey, softTags)`. A fresh L1 hit is returned at once (same shape as
+/// `ucGet`); anything else (no L1 copy, or a stale or soft-tag-expired one that another instance
+/// may have regenerated) is a promise of the newer of the L1 and L2 copies, judged. The promise
+/// never rejects. The L2 read goes over the event loop when it can (`event_loop.rs`), else
+/// through the runtime and the environment's bridge (`bridge.rs`).
+#[napi(js_name = "ucGetL2")]
+pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
-    js_entry::lookup_value(
-        &env,
-        g.cache.store(),
-        g.cache.get_local_fresh(&key, &soft_tags),
-    )
-}
-
-/// With L2: `get(cacheKey, softTags)` after `ucGetFresh` returned null: a promise of the newer of
-/// the L1 and L2 copies, judged; same shape as `ucGet`. Never rejects. (Settled through the
-/// environment's bridge, see `bridge.rs`.)
-#[napi(js_name = "ucGetRemote")]
-pub fn uc_get_remote(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
-    let g = global()?;
+    match g.cache.get_local_fresh(&key, &soft_tags) {
+        Lookup::Miss => {}
+        hit => return js_entry::lookup_value(&env, g.cache.store(), hit),
+    }
     if let Some(promise) = event_loop::try_get(&env, g, &key, &soft_tags)? {
         return Ok(promise);
     }

@@ -1,0 +1,175 @@
+// The event-loop read path (src/event_loop.rs): L2 GETs made on Node's own thread over a
+// libuv-polled connection. Real redis-server processes, instances in separate Node processes.
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { startRedis } from './helpers/redis-server.mjs'
+import { startInstance } from './helpers/instance.mjs'
+
+const running = []
+let n = 0
+const ns = () => `d${process.pid}-${++n}`
+
+async function instance(redis, env = {}) {
+  const i = await startInstance({ env: { REDIS_URL: redis.url, STRATA_REDIS_TIMEOUT_MS: '200', ...env } })
+  running.push(i)
+  return i
+}
+
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((i) => i.stop()))
+})
+
+/** Reads `item` until a read went over the event loop (the first ones connect it). */
+async function untilDirect(inst, item, { connects = 1 } = {}) {
+  for (let i = 0; i < 500; i++) {
+    const [r] = await inst.call('getMany', { items: [item] })
+    const s = (await inst.call('stats')).l2
+    if (s.directConnects >= connects && s.directReads > 0 && r?.exact) return s
+  }
+  throw new Error(`the event-loop read path never came up: ${JSON.stringify((await inst.call('stats')).l2)}`)
+}
+
+describe('L2 reads on the event loop', () => {
+  let redis
+  beforeAll(async () => { redis = await startRedis() })
+  afterAll(async () => { await redis?.stop() })
+
+  it('reads every size exactly, many in flight at once, replies matched to their requests', async () => {
+    const name = ns()
+    const writer = await instance(redis, { STRATA_NAMESPACE: name })
+    // Nothing fits in the reader's L1: every get reads Redis.
+    const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })
+    const sizes = [0, 1, 1000, 16_384, 40_000, 300_000, 1_100_000]
+    const items = []
+    for (const [i, size] of sizes.entries()) {
+      items.push({ key: `raw-${i}`, size, seed: i })
+      // Compressible (LZ4 above 4 KiB by default): decompressed on read.
+      items.push({ key: `lz-${i}`, size, seed: i + 100, repeat: 64 })
+    }
+    await writer.call('setMany', { items })
+    await untilDirect(reader, items[2])
+    const before = (await reader.call('stats')).l2
+    // 20 rounds of every item, all in flight together, in shuffled order.
+    const batch = []
+    for (let r = 0; r < 20; r++) batch.push(...items)
+    batch.sort(() => Math.random() - 0.5)
+    const got = await reader.call('getMany', { items: batch })
+    got.forEach((g, i) => expect(g, batch[i].key).toEqual({ size: batch[i].size, exact: true }))
+    const after = (await reader.call('stats')).l2
+    expect(after.directReads - before.directReads).toBe(batch.length)
+    expect(after.directConnects).toBe(1)
+    expect(after.errors).toBe(0)
+    expect(after.decodeErrors).toBe(0)
+    // A key nobody wrote is a miss on this path too.
+    expect(await reader.call('getMany', { items: [{ key: 'absent', size: 1, seed: 0 }] })).toEqual([null])
+    expect((await reader.call('stats')).l2.misses).toBe(after.misses + 1)
+  })
+
+  it('garbage under a key read over the event loop is a counted miss', async () => {
+    const name = ns()
+    const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })
+    const writer = await instance(redis, { STRATA_NAMESPACE: name })
+    const item = { key: 'k', size: 100, seed: 1 }
+    await writer.call('setMany', { items: [item] })
+    await untilDirect(reader, item)
+    const keys = (await redis.cli('--scan', '--pattern', `sc:${name}:e:*`)).trim().split('\n')
+    expect(keys).toHaveLength(1)
+    await redis.cli('SET', keys[0], 'not an envelope at all')
+    const s0 = (await reader.call('stats')).l2
+    expect(await reader.call('getMany', { items: [item] })).toEqual([null])
+    const s1 = (await reader.call('stats')).l2
+    expect(s1.decodeErrors).toBe(s0.decodeErrors + 1)
+    expect(s1.directReads).toBe(s0.directReads + 1)
+  })
+
+  it('STRATA_L2_DIRECT_READS=0 keeps every read on the runtime', async () => {
+    const name = ns()
+    const writer = await instance(redis, { STRATA_NAMESPACE: name })
+    const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1', STRATA_L2_DIRECT_READS: '0' })
+    const items = [{ key: 'a', size: 1000, seed: 3 }, { key: 'b', size: 300_000, seed: 4 }]
+    await writer.call('setMany', { items })
+    for (let i = 0; i < 20; i++) {
+      expect(await reader.call('getMany', { items })).toEqual(items.map((x) => ({ size: x.size, exact: true })))
+    }
+    const s = (await reader.call('stats')).l2
+    expect(s.directReads).toBe(0)
+    expect(s.directConnects).toBe(0)
+    expect(s.hits).toBe(40)
+  })
+
+  it('an idle process whose connection is up exits by itself', async () => {
+    const name = ns()
+    const script = `
+      const { createUseCacheHandler, stats } = require(${JSON.stringify(fileURLToPath(new URL('../index.js', import.meta.url)))})
+      const h = createUseCacheHandler({ redis: ${JSON.stringify(redis.url)}, namespace: ${JSON.stringify(name)}, l1MaxBytes: 1 })
+      const entry = () => ({ value: new ReadableStream({ start(c) { c.enqueue(new Uint8Array([1, 2, 3])); c.close() } }), tags: [], stale: 300, timestamp: Date.now(), expire: 3600, revalidate: 900 })
+      ;(async () => {
+        await h.set('k', Promise.resolve(entry()))
+        for (let i = 0; i < 500 && stats().l2.directReads === 0; i++) await h.get('k', [])
+        process.stdout.write(JSON.stringify(stats().l2))
+      })()
+    `
+    const child = spawn(process.execPath, ['-e', script], { env: { ...process.env, STRATA_LOG: 'silent' }, stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (d) => { out += d })
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+    const [code, signal] = await new Promise((resolve) => child.once('exit', (c, s) => resolve([c, s])))
+    clearTimeout(killer)
+    expect(signal).toBeNull() // not killed: it exited on its own
+    expect(code).toBe(0)
+    expect(JSON.parse(out).directReads).toBeGreaterThan(0)
+  })
+})
+
+describe('the event-loop path when Redis misbehaves', () => {
+  it('a paused Redis: reads are misses within the deadline, then the path comes back', async () => {
+    const redis = await startRedis()
+    try {
+      const name = ns()
+      const writer = await instance(redis, { STRATA_NAMESPACE: name })
+      const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })
+      const items = Array.from({ length: 8 }, (_, i) => ({ key: `p${i}`, size: 2000, seed: i }))
+      await writer.call('setMany', { items })
+      await untilDirect(reader, items[0])
+      await redis.cli('CLIENT', 'PAUSE', '1500', 'ALL')
+      const t0 = Date.now()
+      // Every read in flight on the stuck connection: a miss at the 200 ms deadline.
+      expect(await reader.call('getMany', { items })).toEqual(items.map(() => null))
+      expect(Date.now() - t0).toBeLessThan(1200)
+      const s = (await reader.call('stats')).l2
+      expect(s.errors).toBeGreaterThanOrEqual(items.length)
+      // An invalidation now is queued; flush() resolves once the breaker's probe got through,
+      // i.e. Redis answers again (an event, not a guessed delay).
+      await reader.call('updateTags', { tags: ['unrelated'] })
+      expect(await reader.call('flush', { timeoutMs: 10_000 })).toBe(0)
+      // The dropped connection is replaced and reads are exact again.
+      const back = await untilDirect(reader, items[1], { connects: 2 })
+      expect(back.breaker).toBe('closed')
+      expect(await reader.call('getMany', { items })).toEqual(items.map((x) => ({ size: x.size, exact: true })))
+    } finally {
+      await redis.stop()
+    }
+  })
+
+  it('a restarted Redis: the dead connection is noticed and replaced', async () => {
+    const redis = await startRedis()
+    try {
+      const name = ns()
+      const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })
+      const writer = await instance(redis, { STRATA_NAMESPACE: name })
+      const item = { key: 'r', size: 5000, seed: 9 }
+      await writer.call('setMany', { items: [item] })
+      await untilDirect(reader, item)
+      await redis.restart() // same port, empty
+      // Whatever the reads see meanwhile (misses), none rejects; once the writer stored the
+      // entry again, the reader reads it over a new connection.
+      await writer.call('refreshTags')
+      await writer.call('setMany', { items: [item] })
+      const s = await untilDirect(reader, item, { connects: 2 })
+      expect(s.directConnects).toBe(2)
+    } finally {
+      await redis.stop()
+    }
+  })
+})
