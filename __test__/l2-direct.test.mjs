@@ -122,6 +122,29 @@ describe('L2 reads on the event loop', () => {
   })
 })
 
+describe('the event-loop path with a password and a database number', () => {
+  it('authenticates, selects the database, and reads there', async () => {
+    const redis = await startRedis({ args: ['--requirepass', 's3cret pass'] })
+    try {
+      const name = ns()
+      const url = `redis://:${encodeURIComponent('s3cret pass')}@127.0.0.1:${redis.port}/3`
+      const writer = await instance(redis, { REDIS_URL: url, STRATA_NAMESPACE: name })
+      const reader = await instance(redis, { REDIS_URL: url, STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })
+      const item = { key: 'auth', size: 3000, seed: 5 }
+      await writer.call('setMany', { items: [item] })
+      const s = await untilDirect(reader, item)
+      expect(s.errors).toBe(0)
+      const auth = ['-a', 's3cret pass', '--no-auth-warning']
+      expect((await redis.cli(...auth, '-n', '3', '--scan', '--pattern', `sc:${name}:e:*`)).trim()).not.toBe('')
+      expect((await redis.cli(...auth, '-n', '0', '--scan', '--pattern', `sc:${name}:e:*`)).trim()).toBe('')
+      // The password never shows in what the instance reports.
+      expect(JSON.stringify(await reader.call('config'))).not.toContain('s3cret')
+    } finally {
+      await redis.stop()
+    }
+  })
+})
+
 describe('the event-loop path when Redis misbehaves', () => {
   it('a paused Redis: reads are misses within the deadline, then the path comes back', async () => {
     const redis = await startRedis()
