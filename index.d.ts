@@ -136,6 +136,10 @@ export interface StrataStats {
     dataLost: number
     breaker: 'closed' | 'open' | 'half-open'
     clockOffsetMs: number
+    /** L2 reads made on Node's event loop (the rest went through the addon's runtime). */
+    directReads: number
+    /** Connections made for those reads (one per thread using the cache, plus reconnects). */
+    directConnects: number
   }
 }
 
