@@ -69,6 +69,8 @@ export interface StrataOptions {
   strict?: boolean
   /** Treat `redis` (comma-separated seed URLs) as a Redis Cluster. Env `STRATA_REDIS_CLUSTER`. Default: true when several URLs are given. */
   cluster?: boolean
+  /** For `rediss://` (TLS): a PEM file of the CA certificate(s) to trust instead of the built-in web PKI roots (private or self-signed CAs). Env `STRATA_REDIS_CA_FILE`. */
+  redisCaFile?: string
   /** The app's `.next` directory, where the build id is read. Default `<cwd>/.next`. */
   distDir?: string
 }

@@ -79,6 +79,7 @@ const OPTION_CHECKS = {
   compressMinBytes: (v) => Number.isSafeInteger(v) && v >= 0 ? null : 'a whole number of bytes (0 = off)',
   strict: (v) => typeof v === 'boolean' ? null : 'true or false',
   cluster: (v) => typeof v === 'boolean' ? null : 'true or false',
+  redisCaFile: (v) => typeof v === 'string' && v.length > 0 ? null : 'a path to a PEM file',
   distDir: (v) => typeof v === 'string' && v.length > 0 ? null : 'a directory path',
 }
 

@@ -100,6 +100,8 @@ pub struct InitOptions {
     pub strict: Option<bool>,
     /// Redis Cluster.
     pub cluster: Option<bool>,
+    /// PEM file of the CA(s) trusted for `rediss://`.
+    pub redis_ca_file: Option<String>,
     /// The app's `.next` directory (for the build id); default `<cwd>/.next`.
     pub dist_dir: Option<String>,
     /// Set by index.js during `next build`: stay L1-only (no Redis at build time).
@@ -199,6 +201,7 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
         compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
         strict: o.strict,
         cluster: o.cluster,
+        redis_ca_file: o.redis_ca_file,
     };
     let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
     let mut config = code.or(env).resolve().map_err(to_js)?;

@@ -161,6 +161,12 @@ impl Cache {
                         max_ttl,
                         log_max_len: 10_000,
                         breaker: Default::default(),
+                        ca_pem: match &config.redis_ca_file {
+                            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                                Error::config("redisCaFile", format!("cannot read {path}: {e}"))
+                            })?),
+                            None => None,
+                        },
                     },
                     clock,
                 )?;

@@ -41,6 +41,8 @@ pub struct Options {
     pub strict: Option<bool>,
     /// `cluster` / `STRATA_REDIS_CLUSTER`.
     pub cluster: Option<bool>,
+    /// `redisCaFile` / `STRATA_REDIS_CA_FILE`: PEM file of the CA(s) to trust for `rediss://`.
+    pub redis_ca_file: Option<String>,
 }
 
 /// The resolved configuration.
@@ -67,6 +69,8 @@ pub struct Config {
     pub strict: bool,
     /// Treat the Redis URL(s) as Redis Cluster seed nodes.
     pub cluster: bool,
+    /// For `rediss://`: a PEM file of the CA(s) to trust instead of the built-in web PKI roots.
+    pub redis_ca_file: Option<String>,
 }
 
 /// Environment variable names, in one place so the README and the code agree.
@@ -93,6 +97,8 @@ pub mod env {
     pub const STRICT: &str = "STRATA_STRICT";
     /// Redis Cluster (`1`/`true`).
     pub const REDIS_CLUSTER: &str = "STRATA_REDIS_CLUSTER";
+    /// PEM file of the CA(s) trusted for `rediss://`.
+    pub const REDIS_CA_FILE: &str = "STRATA_REDIS_CA_FILE";
 }
 
 impl Options {
@@ -152,6 +158,7 @@ impl Options {
             compress_min_bytes: size(env::COMPRESS_MIN_BYTES)?,
             strict: flag(env::STRICT)?,
             cluster: flag(env::REDIS_CLUSTER)?,
+            redis_ca_file: non_empty(env::REDIS_CA_FILE),
         })
     }
 
@@ -168,6 +175,7 @@ impl Options {
             compress_min_bytes: self.compress_min_bytes.or(fallback.compress_min_bytes),
             strict: self.strict.or(fallback.strict),
             cluster: self.cluster.or(fallback.cluster),
+            redis_ca_file: self.redis_ca_file.or(fallback.redis_ca_file),
         }
     }
 
@@ -238,6 +246,7 @@ impl Options {
                 .compress_min_bytes
                 .unwrap_or(DEFAULT_COMPRESS_MIN_BYTES),
             strict: self.strict.unwrap_or(false),
+            redis_ca_file: self.redis_ca_file,
         })
     }
 }

@@ -99,6 +99,8 @@ pub struct L2Config {
     pub log_max_len: usize,
     /// The circuit breaker's tuning.
     pub breaker: BreakerConfig,
+    /// For `rediss://`: PEM of the CA(s) to trust instead of the built-in web PKI roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for L2Config {
@@ -113,6 +115,7 @@ impl Default for L2Config {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             log_max_len: 10_000,
             breaker: BreakerConfig::default(),
+            ca_pem: None,
         }
     }
 }
@@ -401,19 +404,33 @@ impl L2 {
             .join(",");
         let secrets = secrets_of(&urls);
         let scrub_all = |e: &RedisError| scrub(&e.to_string(), &secrets);
+        let tls = |pem: &Vec<u8>| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
         let backend = if cfg.cluster || urls.len() > 1 {
-            let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str))
                 .connection_timeout(connect_timeout)
                 .response_timeout(op_timeout)
                 // Redirections (MOVED/ASK) after a resharding count as retries; anything
                 // slower is cut by `op_timeout` anyway.
-                .retries(2)
+                .retries(2);
+            if let Some(pem) = &cfg.ca_pem {
+                builder = builder.certs(tls(pem));
+            }
+            let client = builder
                 .build()
                 .map_err(|e| Error::config("redis", format!("{targets}: {}", scrub_all(&e))))?;
             Backend::Cluster(Box::new(client))
         } else {
             let url = &urls[0];
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
+            let client = match &cfg.ca_pem {
+                Some(pem) if url.starts_with("rediss://") => {
+                    redis::Client::build_with_tls(url.as_str(), tls(pem))
+                }
+                _ => redis::Client::open(url.as_str()),
+            }
+            .map_err(|e| {
                 Error::config("redis", format!("{}: {}", redact_url(url), scrub_all(&e)))
             })?;
             Backend::Single(client)
