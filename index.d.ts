@@ -142,6 +142,8 @@ export interface StrataStats {
     directReads: number
     /** Connections made for those reads (one per thread using the cache, plus reconnects). */
     directConnects: number
+    /** `refreshTags` reads of the invalidation log made on Node's event loop. */
+    directRefreshes: number
   }
 }
 

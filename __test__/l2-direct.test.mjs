@@ -20,6 +20,16 @@ afterEach(async () => {
   await Promise.all(running.splice(0).map((i) => i.stop()))
 })
 
+/** Calls refreshTags until one went over the event loop (the first ones connect it). */
+async function untilDirectRefresh(inst) {
+  for (let i = 0; i < 500; i++) {
+    await inst.call('refreshTags')
+    const s = (await inst.call('stats')).l2
+    if (s.directRefreshes > 0) return s
+  }
+  throw new Error(`refreshTags never went over the event loop: ${JSON.stringify((await inst.call('stats')).l2)}`)
+}
+
 /** Reads `item` until a read went over the event loop (the first ones connect it). */
 async function untilDirect(inst, item, { connects = 1 } = {}) {
   for (let i = 0; i < 500; i++) {
@@ -119,6 +129,55 @@ describe('L2 reads on the event loop', () => {
     expect(signal).toBeNull() // not killed: it exited on its own
     expect(code).toBe(0)
     expect(JSON.parse(out).directReads).toBeGreaterThan(0)
+  })
+})
+
+describe('refreshTags on the event loop', () => {
+  let redis
+  beforeAll(async () => { redis = await startRedis() })
+  afterAll(async () => { await redis?.stop() })
+
+  it('an invalidation on A reaches B through B\'s event-loop refresh; concurrent calls share reads', async () => {
+    const name = ns()
+    const a = await instance(redis, { STRATA_NAMESPACE: name })
+    const b = await instance(redis, { STRATA_NAMESPACE: name })
+    const items = [{ key: 'x', size: 500, seed: 1 }, { key: 'y', size: 500, seed: 2 }]
+    await a.call('setMany', { items: [items[0]], tags: ['t1'] })
+    await a.call('setMany', { items: [items[1]], tags: ['t2'] })
+    expect(await b.call('getMany', { items })).toEqual(items.map((x) => ({ size: x.size, exact: true }))) // in B's L1 now
+    await untilDirectRefresh(b)
+    const s0 = (await b.call('stats')).l2
+    await a.call('updateTags', { tags: ['t1'] })
+    await b.call('refreshTags')
+    const s1 = (await b.call('stats')).l2
+    expect(s1.directRefreshes).toBe(s0.directRefreshes + 1)
+    // B's L1 copy of x is no longer served; y is.
+    expect(await b.call('getMany', { items })).toEqual([null, { size: 500, exact: true }])
+    // 50 calls at once: every one resolves, sharing a few log reads.
+    await a.call('updateTags', { tags: ['t2'] })
+    await b.call('refreshMany', { n: 50 })
+    const s2 = (await b.call('stats')).l2
+    expect(s2.directRefreshes - s1.directRefreshes).toBeGreaterThanOrEqual(1)
+    expect(s2.directRefreshes - s1.directRefreshes).toBeLessThan(50)
+    expect(await b.call('getMany', { items })).toEqual([null, null])
+  })
+
+  it('after SCRIPT FLUSH the refresh continues on the runtime, which loads the script again', async () => {
+    const name = ns()
+    const a = await instance(redis, { STRATA_NAMESPACE: name })
+    const b = await instance(redis, { STRATA_NAMESPACE: name })
+    const item = { key: 'z', size: 300, seed: 3 }
+    await a.call('setMany', { items: [item], tags: ['t'] })
+    expect(await b.call('getMany', { items: [item] })).toEqual([{ size: 300, exact: true }])
+    await untilDirectRefresh(b)
+    await redis.cli('SCRIPT', 'FLUSH')
+    await a.call('updateTags', { tags: ['t'] })
+    const s0 = (await b.call('stats')).l2
+    await b.call('refreshTags')
+    const s1 = (await b.call('stats')).l2
+    expect(s1.directRefreshes).toBe(s0.directRefreshes + 1) // the EVALSHA that got NOSCRIPT
+    expect(s1.errors).toBe(s0.errors)
+    expect(await b.call('getMany', { items: [item] })).toEqual([null])
   })
 })
 

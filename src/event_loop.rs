@@ -55,6 +55,8 @@ use crate::{internal, Global, JsResult};
 pub static DIRECT_READS: AtomicU64 = AtomicU64::new(0);
 /// Direct connections made (all environments).
 pub static DIRECT_CONNECTS: AtomicU64 = AtomicU64::new(0);
+/// Reads of the invalidation log (`refreshTags`) made by this path (all environments).
+pub static DIRECT_REFRESHES: AtomicU64 = AtomicU64::new(0);
 
 /// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -130,6 +132,8 @@ struct State {
     generation: u64,
     /// Inside [`on_poll`]'s settling: requests queue their bytes for one write at the end.
     dispatching: bool,
+    /// `refreshTags` calls to hand to a runtime refresh (settled outside the state's borrow).
+    to_runtime: Vec<sys::napi_deferred>,
 }
 
 enum Link {
@@ -149,15 +153,41 @@ struct Conn {
     want_writable: bool,
     referenced: bool,
     timer_armed: bool,
+    /// Held while refreshes are in flight here, so no other refresh interleaves with them.
+    refresh_gate: Option<RefreshGate>,
+    /// Refreshes in flight.
+    refreshes: usize,
+    /// The last request is a refresh not written yet (a `refreshTags` call may join it).
+    joinable_refresh: bool,
+    /// `refreshTags` calls made while a refresh was in flight: served by one more read once it
+    /// is back (so at most one read is in flight and one waits, as on the runtime path).
+    waiting: Vec<sys::napi_deferred>,
 }
 
 struct Pending {
-    deferred: sys::napi_deferred,
-    key: String,
-    soft_tags: Vec<String>,
-    permit: Permit,
+    what: What,
+    /// `None` for refresh calls that waited for a read and lost their connection first.
+    permit: Option<Permit>,
     /// In libuv's clock (ms).
     deadline: u64,
+}
+
+enum What {
+    /// An entry's `GET`.
+    Get {
+        deferred: sys::napi_deferred,
+        key: String,
+        soft_tags: Vec<String>,
+    },
+    /// A read of the invalidation log (`EVALSHA` of `refresh.lua`) serving every `refreshTags`
+    /// call that joined it before it was written; `covered`: see
+    /// [`strata_core::cache::Cache::register_direct_refresh`].
+    Refresh {
+        deferreds: Vec<sys::napi_deferred>,
+        covered: u64,
+    },
+    /// `refreshTags` calls this path cannot serve after all: they follow a runtime refresh.
+    ToRuntime { deferreds: Vec<sys::napi_deferred> },
 }
 
 /// Why a connection was dropped.
@@ -167,11 +197,15 @@ enum Failure {
     Broken,
 }
 
-/// A read to settle, once the state is no longer borrowed.
+/// A request to settle, once the state is no longer borrowed.
 struct Done {
     pending: Pending,
     outcome: Result<Reply, Failure>,
+    /// The refresh gate, released once this (the connection's last refresh) is applied.
+    gate: Option<RefreshGate>,
 }
+
+type RefreshGate = tokio::sync::MutexGuard<'static, ()>;
 
 /// Tries the event-loop path for `get(key, softTags)` after an L1 miss. `Ok(None)`: not
 /// available right now (no direct connection yet, breaker open, …), use the runtime.
@@ -181,7 +215,87 @@ pub fn try_get(
     key: &str,
     soft_tags: &[String],
 ) -> JsResult<Option<RawValue>> {
-    if !enabled() || !g.cache.direct_read_ready() {
+    if !g.cache.direct_read_ready() {
+        return Ok(None);
+    }
+    with_conn(env, g, |conn, l2, raw| {
+        let Some(permit) = l2.breaker().try_acquire() else {
+            return Ok(None);
+        };
+        let (deferred, promise) = promise(raw)?;
+        resp::encode_command(&mut conn.out, &[b"GET", l2.keys().entry(key).as_bytes()]);
+        let what = What::Get {
+            deferred,
+            key: key.to_owned(),
+            soft_tags: soft_tags.to_vec(),
+        };
+        Ok(Some(Made::Request(what, permit, promise)))
+    })
+}
+
+/// Tries the event-loop path for `refreshTags()`: one `EVALSHA` of the log read, shared by every
+/// call made before it is written. `Ok(None)`: use the runtime (no connection yet, breaker
+/// open, another refresh running, invalidations waiting to be replayed, clock not synced).
+pub fn try_refresh(env: &Env, g: &'static Global) -> JsResult<Option<RawValue>> {
+    with_conn(env, g, |conn, l2, raw| {
+        if conn.joinable_refresh {
+            if let Some(What::Refresh { deferreds, .. }) =
+                conn.pending.back_mut().map(|p| &mut p.what)
+            {
+                // Not written yet: its read starts after this call, so it covers it.
+                let (deferred, promise) = promise(raw)?;
+                deferreds.push(deferred);
+                g.cache.register_direct_refresh();
+                return Ok(Some(Made::Joined(promise)));
+            }
+        }
+        if conn.refreshes > 0 {
+            // A read is in flight but started before this call: wait for it, then share the
+            // next one.
+            let (deferred, promise) = promise(raw)?;
+            conn.waiting.push(deferred);
+            return Ok(Some(Made::Joined(promise)));
+        }
+        let Some(gate) = g.cache.direct_refresh_gate() else {
+            return Ok(None);
+        };
+        conn.refresh_gate = Some(gate);
+        let Some(permit) = l2.breaker().try_acquire() else {
+            conn.refresh_gate = None;
+            return Ok(None);
+        };
+        let (deferred, promise) = promise(raw)?;
+        // Calls still waiting for a read are covered by this one too.
+        let mut deferreds = std::mem::take(&mut conn.waiting);
+        deferreds.push(deferred);
+        let what = conn.encode_refresh(g, l2, deferreds);
+        Ok(Some(Made::Request(what, permit, promise)))
+    })
+}
+
+/// What a request maker did.
+enum Made {
+    /// A new request, encoded: track it.
+    Request(What, Permit, RawValue),
+    /// Joined a request not written yet.
+    Joined(RawValue),
+}
+
+fn promise(env: sys::napi_env) -> JsResult<(sys::napi_deferred, RawValue)> {
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: plain napi call on this call's live environment, on its thread.
+    check(unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) })?;
+    Ok((deferred, RawValue::from_raw(promise)))
+}
+
+/// Runs `make` with this thread's connection when it is up; `make` encodes one request into
+/// the connection's output and returns what to track, or `None` to leave it to the runtime.
+fn with_conn<F>(env: &Env, g: &'static Global, make: F) -> JsResult<Option<RawValue>>
+where
+    F: FnOnce(&mut Conn, &'static strata_core::l2::L2, sys::napi_env) -> JsResult<Option<Made>>,
+{
+    if !enabled() {
         return Ok(None);
     }
     let Some(l2) = g.cache.l2() else {
@@ -199,34 +313,25 @@ pub fn try_get(
         let Some(state) = slot.as_mut() else {
             return Ok(None);
         };
-        if state.env != raw {
-            return Ok(None);
-        }
-        if !state.ensure_up(g) {
+        if state.env != raw || !state.ensure_up(g) {
             return Ok(None);
         }
         let Link::Up(conn) = &mut state.link else {
             return Ok(None);
         };
-        let Some(permit) = l2.breaker().try_acquire() else {
-            return Ok(None);
+        let (what, permit, promise) = match make(conn, l2, raw)? {
+            None => return Ok(None),
+            Some(Made::Joined(promise)) => return Ok(Some((promise, Vec::new()))),
+            Some(Made::Request(what, permit, promise)) => (what, permit, promise),
         };
-        let entry_key = l2.keys().entry(key);
-        let mut deferred = ptr::null_mut();
-        let mut promise = ptr::null_mut();
-        // SAFETY: plain napi call on this call's live environment, on its thread.
-        check(unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) })?;
         let timeout = u64::try_from(l2.op_timeout().as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         // SAFETY: the loop of this thread's environment.
         let now = unsafe { uv_now(state.lp) };
-        resp::encode_command(&mut conn.out, &[b"GET", entry_key.as_bytes()]);
         conn.pending.push_back(Pending {
-            deferred,
-            key: key.to_owned(),
-            soft_tags: soft_tags.to_vec(),
-            permit,
+            what,
+            permit: Some(permit),
             deadline: now.saturating_add(timeout),
         });
         conn.after_enqueue(timeout);
@@ -235,16 +340,16 @@ pub fn try_get(
         // sending at once lets Redis work while JS goes on (building the stream, for one).
         if !state.dispatching || conn.pending.len() == 1 {
             let failed = state.flush();
-            return Ok(Some((RawValue::from_raw(promise), failed)));
+            return Ok(Some((promise, failed)));
         }
-        Ok(Some((RawValue::from_raw(promise), Vec::new())))
+        Ok(Some((promise, Vec::new())))
     })?;
     let Some((promise, failed)) = taken else {
         return Ok(None);
     };
     if !failed.is_empty() {
-        // The write failed and the connection was dropped: its reads (this one included) are
-        // misses, settled now that the state is released.
+        // The write failed and the connection was dropped: its requests (this one included)
+        // fail now, settled once the state is released.
         settle(raw, failed, false);
     }
     Ok(Some(promise))
@@ -299,6 +404,7 @@ impl State {
             },
             generation: 0,
             dispatching: false,
+            to_runtime: Vec::new(),
         })
     }
 
@@ -402,7 +508,46 @@ impl State {
             want_writable: false,
             referenced: false,
             timer_armed: false,
+            refresh_gate: None,
+            refreshes: 0,
+            joinable_refresh: false,
+            waiting: Vec::new(),
         }))
+    }
+
+    /// Sends the read that `refreshTags` calls made during the last one wait for, once that
+    /// one is back. If it cannot go this way (the gate is taken by a runtime refresh, or the
+    /// breaker is open), they follow a runtime refresh instead.
+    fn kick_waiting_refresh(&mut self) {
+        let Ok(g) = crate::global() else { return };
+        let Some(l2) = g.cache.l2() else { return };
+        let lp = self.lp;
+        let Link::Up(conn) = &mut self.link else {
+            return;
+        };
+        if conn.refreshes > 0 || conn.waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut conn.waiting);
+        let gate = g.cache.direct_refresh_gate();
+        let permit = gate.as_ref().and_then(|_| l2.breaker().try_acquire());
+        let (Some(gate), Some(permit)) = (gate, permit) else {
+            self.to_runtime.extend(waiting);
+            return;
+        };
+        conn.refresh_gate = Some(gate);
+        let what = conn.encode_refresh(g, l2, waiting);
+        let timeout = u64::try_from(l2.op_timeout().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // SAFETY: the loop of this thread's environment.
+        let now = unsafe { uv_now(lp) };
+        conn.pending.push_back(Pending {
+            what,
+            permit: Some(permit),
+            deadline: now.saturating_add(timeout),
+        });
+        conn.after_enqueue(timeout);
     }
 
     /// Writes what is queued; on failure drops the connection (its reads are returned).
@@ -428,19 +573,66 @@ impl State {
         let Link::Up(conn) = link else {
             return Vec::new();
         };
-        let conn = *conn;
+        let mut conn = *conn;
         conn.close_handles();
-        conn.pending
+        let pending = std::mem::take(&mut conn.pending);
+        let mut done: Vec<Done> = pending
             .into_iter()
-            .map(|pending| Done {
-                pending,
+            .map(|pending| conn.complete(pending, Err(why)))
+            .collect();
+        let waiting = std::mem::take(&mut conn.waiting);
+        if !waiting.is_empty() {
+            done.push(Done {
+                pending: Pending {
+                    what: What::Refresh {
+                        deferreds: waiting,
+                        covered: 0,
+                    },
+                    permit: None,
+                    deadline: 0,
+                },
                 outcome: Err(why),
-            })
-            .collect()
+                gate: None,
+            });
+        }
+        done
     }
 }
 
 impl Conn {
+    /// Encodes a read of the invalidation log for `deferreds` (the refresh gate is held).
+    fn encode_refresh(
+        &mut self,
+        g: &'static Global,
+        l2: &strata_core::l2::L2,
+        deferreds: Vec<sys::napi_deferred>,
+    ) -> What {
+        let covered = g.cache.register_direct_refresh();
+        let args = l2.refresh_command(&g.cache.refresh_cursor());
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        resp::encode_command(&mut self.out, &args);
+        self.refreshes += 1;
+        self.joinable_refresh = true;
+        What::Refresh { deferreds, covered }
+    }
+
+    /// A request's outcome; the last refresh in flight takes the refresh gate with it.
+    fn complete(&mut self, pending: Pending, outcome: Result<Reply, Failure>) -> Done {
+        let mut gate = None;
+        if matches!(pending.what, What::Refresh { .. }) {
+            self.refreshes = self.refreshes.saturating_sub(1);
+            if self.refreshes == 0 {
+                gate = self.refresh_gate.take();
+                self.joinable_refresh = false;
+            }
+        }
+        Done {
+            pending,
+            outcome,
+            gate,
+        }
+    }
+
     fn after_enqueue(&mut self, timeout: u64) {
         if !self.referenced {
             // SAFETY: a live handle of this thread's loop.
@@ -463,6 +655,8 @@ impl Conn {
     }
 
     fn write_out(&mut self) -> Result<(), ()> {
+        // What is handed to the kernel now can no longer be joined.
+        self.joinable_refresh = false;
         while self.written < self.out.len() {
             match (&self.stream).write(&self.out[self.written..]) {
                 Ok(0) => return Err(()),
@@ -507,10 +701,7 @@ impl Conn {
                             let Some(pending) = self.pending.pop_front() else {
                                 return Err(()); // a reply nobody asked for
                             };
-                            done.push(Done {
-                                pending,
-                                outcome: Ok(reply),
-                            });
+                            done.push(self.complete(pending, Ok(reply)));
                         }
                         Ok(None) => break,
                         Err(_) => return Err(()),
@@ -629,10 +820,25 @@ fn finish_dispatch() {
     let (env, done) = match STATE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let state = slot.as_mut()?;
+        state.kick_waiting_refresh();
         state.dispatching = false;
-        let done = state.flush();
+        let mut done = state.flush();
         if let Link::Up(conn) = &mut state.link {
             conn.after_settle();
+        }
+        let to_runtime = std::mem::take(&mut state.to_runtime);
+        if !to_runtime.is_empty() {
+            done.push(Done {
+                pending: Pending {
+                    what: What::ToRuntime {
+                        deferreds: to_runtime,
+                    },
+                    permit: None,
+                    deadline: 0,
+                },
+                outcome: Err(Failure::Broken),
+                gate: None,
+            });
         }
         Some((state.env, done))
     }) {
@@ -640,8 +846,8 @@ fn finish_dispatch() {
         None => return,
     };
     if !done.is_empty() {
-        // A write failed: those reads are misses (their continuations take the runtime path:
-        // the link is down).
+        // A write failed (those requests fail: their continuations take the runtime path, the
+        // link is down), or refresh calls were handed to the runtime.
         settle(env, done, true);
     }
 }
@@ -671,30 +877,27 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
             && sys::napi_open_callback_scope(env, resource, async_ctx, &mut scope)
                 == sys::Status::napi_ok;
         js_entry::release_pending(&env_ref);
-        for Done { pending, outcome } in done {
-            let Pending {
-                deferred,
-                key,
-                soft_tags,
-                permit,
-                ..
-            } = pending;
-            let fetched = match outcome {
+        for Done {
+            pending,
+            outcome,
+            gate,
+        } in done
+        {
+            let Pending { what, permit, .. } = pending;
+            // Redis answered, whatever it said; no answer trips the breaker.
+            let reply = match outcome {
                 Ok(reply) => {
-                    // Redis answered, whatever it said.
-                    permit.success();
-                    match reply {
-                        Reply::Bulk(b) => Ok(Some(b)),
-                        Reply::Nil => Ok(None::<Bytes>),
-                        Reply::Error(e) => Err(strata_core::Error::Redis(e)),
-                        _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
-                    }
+                    permit.map(Permit::success);
+                    Ok(reply)
                 }
                 Err(why) => {
-                    permit.failure();
+                    permit.map(Permit::failure);
                     Err(match why {
                         Failure::Timeout => strata_core::Error::Timeout {
-                            op: "get_entry",
+                            op: match what {
+                                What::Get { .. } => "get_entry",
+                                What::Refresh { .. } | What::ToRuntime { .. } => "refresh",
+                            },
                             ms: g.cache.l2().map_or(0, |l2| {
                                 u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
                             }),
@@ -705,25 +908,136 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                     })
                 }
             };
-            DIRECT_READS.fetch_add(1, Ordering::Relaxed);
-            let lookup = g.cache.finish_remote(&key, &soft_tags, fetched);
-            match js_entry::lookup_value(&env_ref, g.cache.store(), lookup) {
-                Ok(v) => {
-                    sys::napi_resolve_deferred(env, deferred, v.raw());
+            match what {
+                What::Get {
+                    deferred,
+                    key,
+                    soft_tags,
+                } => settle_get(&env_ref, g, deferred, &key, &soft_tags, reply),
+                What::Refresh { deferreds, covered } => {
+                    settle_refresh(&env_ref, g, deferreds, covered, reply)
                 }
-                Err(_) => {
-                    // Could not build the value (out of memory in V8?): a miss.
-                    let mut null = ptr::null_mut();
-                    sys::napi_get_null(env, &mut null);
-                    sys::napi_resolve_deferred(env, deferred, null);
+                What::ToRuntime { deferreds } => {
+                    let value = crate::refresh_on_runtime(&env_ref, g)
+                        .map_or_else(|_| undefined(&env_ref), |p| p.raw());
+                    for deferred in deferreds {
+                        sys::napi_resolve_deferred(env, deferred, value);
+                    }
                 }
             }
+            // The refresh is applied: other refreshes may run.
+            drop(gate);
         }
         if scoped {
             sys::napi_close_callback_scope(env, scope);
         }
         sys::napi_close_handle_scope(env, handle_scope);
     }
+}
+
+/// Settles an entry read: the value (judged, promoted), or `null`; never a rejection.
+fn settle_get(
+    env: &Env,
+    g: &'static Global,
+    deferred: sys::napi_deferred,
+    key: &str,
+    soft_tags: &[String],
+    reply: strata_core::Result<Reply>,
+) {
+    let fetched = reply.and_then(|reply| match reply {
+        Reply::Bulk(b) => Ok(Some(b)),
+        Reply::Nil => Ok(None::<Bytes>),
+        Reply::Error(e) => Err(strata_core::Error::Redis(e)),
+        _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
+    });
+    DIRECT_READS.fetch_add(1, Ordering::Relaxed);
+    let lookup = g.cache.finish_remote(key, soft_tags, fetched);
+    let value = match js_entry::lookup_value(env, g.cache.store(), lookup) {
+        Ok(v) => v.raw(),
+        // Could not build the value (out of memory in V8?): a miss.
+        Err(_) => null(env),
+    };
+    // SAFETY: a deferred of this environment, settled exactly once.
+    unsafe { sys::napi_resolve_deferred(env.raw(), deferred, value) };
+}
+
+/// Settles the `refreshTags` calls a log read served. A full batch (`more`) or a script Redis
+/// does not know (`NOSCRIPT`, e.g. after a restart) continues on the runtime, whose promise
+/// the calls then follow. A failure resolves them (or rejects them in strict mode), like the
+/// runtime path.
+fn settle_refresh(
+    env: &Env,
+    g: &'static Global,
+    deferreds: Vec<sys::napi_deferred>,
+    covered: u64,
+    reply: strata_core::Result<Reply>,
+) {
+    DIRECT_REFRESHES.fetch_add(1, Ordering::Relaxed);
+    let outcome = reply.and_then(strata_core::l2::L2::parse_refresh_reply);
+    let (value, reject) = match outcome {
+        Ok(refresh) => {
+            let more = g.cache.apply_refresh(refresh);
+            g.cache.finish_direct_refresh(covered, true);
+            if more {
+                (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
+            } else {
+                (Ok(undefined(env)), false)
+            }
+        }
+        Err(strata_core::Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
+            (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
+        }
+        Err(e) => {
+            if g.cache.finish_direct_refresh(covered, false) {
+                (Ok(error_value(env, &e)), true)
+            } else {
+                (Ok(undefined(env)), false)
+            }
+        }
+    };
+    let value = value.unwrap_or_else(|_| undefined(env));
+    for deferred in deferreds {
+        // SAFETY: deferreds of this environment, each settled exactly once.
+        unsafe {
+            if reject {
+                sys::napi_reject_deferred(env.raw(), deferred, value);
+            } else {
+                sys::napi_resolve_deferred(env.raw(), deferred, value);
+            }
+        }
+    }
+}
+
+fn null(env: &Env) -> sys::napi_value {
+    let mut v = ptr::null_mut();
+    // SAFETY: plain napi call on the live environment.
+    unsafe { sys::napi_get_null(env.raw(), &mut v) };
+    v
+}
+
+fn undefined(env: &Env) -> sys::napi_value {
+    let mut v = ptr::null_mut();
+    // SAFETY: plain napi call on the live environment.
+    unsafe { sys::napi_get_undefined(env.raw(), &mut v) };
+    v
+}
+
+/// An `Error` whose message starts with `[CODE]`, as the bridge rejects with.
+fn error_value(env: &Env, e: &strata_core::Error) -> sys::napi_value {
+    let text = format!("[{}] {e}", e.code());
+    let mut msg = ptr::null_mut();
+    let mut err = ptr::null_mut();
+    // SAFETY: plain napi calls on the live environment.
+    unsafe {
+        sys::napi_create_string_utf8(
+            env.raw(),
+            text.as_ptr().cast(),
+            text.len() as isize,
+            &mut msg,
+        );
+        sys::napi_create_error(env.raw(), ptr::null_mut(), msg, &mut err);
+    }
+    err
 }
 
 /// Environment teardown: closes the connection; reads in flight are abandoned (their promises

@@ -378,6 +378,14 @@ pub fn uc_set_remote(
 #[napi(js_name = "ucRefreshTags")]
 pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
     let g = global()?;
+    if let Some(promise) = event_loop::try_refresh(&env, g)? {
+        return Ok(promise);
+    }
+    refresh_on_runtime(&env, g)
+}
+
+/// `refreshTags` on the runtime (through the bridge).
+fn refresh_on_runtime(env: &Env, g: &'static Global) -> Result<RawValue, Code> {
     let fut = async move {
         let result = g.cache.refresh_tags().await;
         let settle: bridge::Settle = Box::new(move |env| {
@@ -386,7 +394,7 @@ pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
         });
         settle
     };
-    bridge::submit(&env, fut)
+    bridge::submit(env, fut)
 }
 
 /// Next's metadata as the set exports receive it (flat arguments: cheaper than an object).
@@ -597,6 +605,8 @@ pub struct NativeL2Stats {
     pub direct_reads: f64,
     /// Direct connections made for them.
     pub direct_connects: f64,
+    /// `refreshTags` log reads made on Node's event loop.
+    pub direct_refreshes: f64,
 }
 
 /// Counters of the native cache (null before first use).
@@ -634,6 +644,7 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
             clock_offset_ms: g.cache.store().clock().offset(),
             direct_reads: event_loop::DIRECT_READS.load(Ordering::Relaxed) as f64,
             direct_connects: event_loop::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
+            direct_refreshes: event_loop::DIRECT_REFRESHES.load(Ordering::Relaxed) as f64,
         });
     Some(NativeStats {
         entries: s.entries as f64,

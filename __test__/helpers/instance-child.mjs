@@ -58,6 +58,7 @@ const ops = {
   },
   async updateTags({ tags, durations }) { await handler.updateTags(tags, durations) },
   async refreshTags() { await handler.refreshTags() },
+  async refreshMany({ n }) { await Promise.all(Array.from({ length: n }, () => handler.refreshTags())) },
   async getExpiration({ tags }) { return handler.getExpiration(tags) },
   async now() { return now() },
   async flush({ timeoutMs }) { return flush({ timeoutMs }) },

@@ -564,7 +564,7 @@ impl Cache {
         // Every request registered up to here is covered by the read that starts now.
         let covered = r.refresh_requested.load(Ordering::Acquire);
         let result = self.refresh_once(r).await;
-        r.refresh_completed.store(covered, Ordering::Release);
+        r.refresh_completed.fetch_max(covered, Ordering::AcqRel);
         r.verified.store(result.is_ok(), Ordering::Release);
         match result {
             Ok(()) => Ok(()),
@@ -585,33 +585,77 @@ impl Cache {
         loop {
             let cursor = r.cursor.lock().clone();
             Metrics::inc(&r.metrics.refreshes);
-            match r.l2.refresh(&cursor).await? {
-                Refresh::Incremental {
-                    cursor,
-                    changes,
-                    more,
-                } => {
-                    self.store.apply_tag_states(&changes);
-                    *r.cursor.lock() = cursor;
-                    if !more {
-                        return Ok(());
-                    }
-                }
-                Refresh::Resync {
-                    cursor,
-                    all,
-                    data_lost,
-                } => {
-                    Metrics::inc(&r.metrics.resyncs);
-                    if data_lost {
-                        Metrics::inc(&r.metrics.data_lost);
-                    }
-                    self.store.replace_tag_states(&all, data_lost);
-                    *r.cursor.lock() = cursor;
-                    return Ok(());
-                }
+            let refresh = r.l2.refresh(&cursor).await?;
+            if !self.apply_refresh(refresh) {
+                return Ok(());
             }
         }
+    }
+
+    /// Applies what a read of the invalidation log returned; `true` if there is more to read.
+    pub fn apply_refresh(&self, refresh: Refresh) -> bool {
+        let Some(r) = &self.remote else { return false };
+        match refresh {
+            Refresh::Incremental {
+                cursor,
+                changes,
+                more,
+            } => {
+                self.store.apply_tag_states(&changes);
+                *r.cursor.lock() = cursor;
+                more
+            }
+            Refresh::Resync {
+                cursor,
+                all,
+                data_lost,
+            } => {
+                Metrics::inc(&r.metrics.resyncs);
+                if data_lost {
+                    Metrics::inc(&r.metrics.data_lost);
+                }
+                self.store.replace_tag_states(&all, data_lost);
+                *r.cursor.lock() = cursor;
+                false
+            }
+        }
+    }
+
+    /// For a `refreshTags` made outside [`Cache::refresh_tags`] (the event-loop path): the
+    /// refresh gate, if no other refresh holds it, so refreshes never interleave. Only when
+    /// the clock offset is known and no invalidation waits for delivery (those cases need the
+    /// runtime path: it syncs the clock and replays first).
+    pub fn direct_refresh_gate(&'static self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+        let r = self.remote.as_ref()?;
+        if !r.clock_synced.load(Ordering::Acquire) || !r.pending.lock().is_empty() {
+            return None;
+        }
+        r.refresh_gate.try_lock().ok()
+    }
+
+    /// Registers a `refreshTags` call served by a direct read that has not been sent yet;
+    /// returns the count of calls its read covers.
+    pub fn register_direct_refresh(&self) -> u64 {
+        let Some(r) = &self.remote else { return 0 };
+        r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The cursor a direct read of the log starts from (counted as a refresh).
+    pub fn refresh_cursor(&self) -> LogCursor {
+        let Some(r) = &self.remote else {
+            return LogCursor::default();
+        };
+        Metrics::inc(&r.metrics.refreshes);
+        r.cursor.lock().clone()
+    }
+
+    /// A direct refresh covering `covered` calls ended (`ok`: its read was applied).
+    /// Returns whether the caller must fail it (strict mode and not `ok`).
+    pub fn finish_direct_refresh(&self, covered: u64, ok: bool) -> bool {
+        let Some(r) = &self.remote else { return false };
+        r.refresh_completed.fetch_max(covered, Ordering::AcqRel);
+        r.verified.store(ok, Ordering::Release);
+        r.strict && !ok
     }
 
     /// Measures the offset to Redis' clock once, if never done.

@@ -276,7 +276,7 @@ struct Inner {
 }
 
 enum Backend {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -433,7 +433,7 @@ impl L2 {
             .map_err(|e| {
                 Error::config("redis", format!("{}: {}", redact_url(url), scrub_all(&e)))
             })?;
-            Backend::Single(client)
+            Backend::Single(Box::new(client))
         };
         let max_ttl_ms = u64::try_from(cfg.max_ttl.as_millis())
             .unwrap_or(u64::MAX)
@@ -711,41 +711,44 @@ impl L2 {
             .arg(cursor.last_id.as_str())
             .arg(REFRESH_BATCH);
         let reply = self.call("refresh", Request::Script(inv)).await?;
-        let mut items = strings(reply, "refresh")?.into_iter();
-        let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
-            (items.next(), items.next(), items.next(), items.next())
-        else {
-            return Err(Error::Redis("refresh: short reply".to_owned()));
-        };
-        let rest: Vec<String> = items.collect();
-        let fields = rest.chunks_exact(2);
-        if !fields.remainder().is_empty() {
-            return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+        parse_refresh(reply)
+    }
+
+    /// The `EVALSHA` of [`L2::refresh`] from `cursor`, as command arguments, for a connection
+    /// outside the client library (the event-loop path). Its reply goes to
+    /// [`L2::parse_refresh_reply`]; a `NOSCRIPT` error means the script must be loaded first
+    /// (the runtime path, [`L2::refresh`], does that).
+    pub fn refresh_command(&self, cursor: &LogCursor) -> Vec<Vec<u8>> {
+        let keys = &self.inner.keys;
+        vec![
+            b"EVALSHA".to_vec(),
+            REFRESH.get_hash().as_bytes().to_vec(),
+            b"3".to_vec(),
+            keys.tag_state().into_bytes(),
+            keys.tag_log().into_bytes(),
+            keys.epoch().into_bytes(),
+            cursor.epoch.as_bytes().to_vec(),
+            cursor.last_id.as_bytes().to_vec(),
+            REFRESH_BATCH.to_string().into_bytes(),
+        ]
+    }
+
+    /// Parses the reply to [`L2::refresh_command`]. An error reply is [`Error::Redis`] with
+    /// Redis' message (`NOSCRIPT …` when the script is not loaded).
+    pub fn parse_refresh_reply(reply: resp::Reply) -> Result<Refresh> {
+        fn value(r: resp::Reply) -> Result<Value> {
+            Ok(match r {
+                resp::Reply::Nil => Value::Nil,
+                resp::Reply::Bulk(b) => Value::BulkString(b.to_vec()),
+                resp::Reply::Simple(s) => Value::SimpleString(s),
+                resp::Reply::Int(i) => Value::Int(i),
+                resp::Reply::Error(e) => return Err(Error::Redis(e)),
+                resp::Reply::Array(items) => {
+                    Value::Array(items.into_iter().map(value).collect::<Result<_>>()?)
+                }
+            })
         }
-        let pairs = fields
-            .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
-            .collect::<Result<Vec<_>>>()?;
-        let cursor = if epoch.is_empty() {
-            LogCursor::default()
-        } else {
-            LogCursor { epoch, last_id }
-        };
-        let flag = flag == "1";
-        match kind.as_str() {
-            "I" => Ok(Refresh::Incremental {
-                cursor,
-                changes: pairs,
-                more: flag,
-            }),
-            "R" => Ok(Refresh::Resync {
-                cursor,
-                all: pairs,
-                data_lost: flag,
-            }),
-            other => Err(Error::Redis(format!(
-                "refresh: unknown reply kind {other:?}"
-            ))),
-        }
+        parse_refresh(value(reply)?)
     }
 
     /// Reads Redis' clock on the node that stamps invalidations; the caller's offset estimate
@@ -948,7 +951,7 @@ impl Inner {
                     // One attempt per connect: a failure goes back to the caller (and the
                     // breaker) instead of being retried with back-off inside a request.
                     .set_number_of_retries(0);
-                ConnectionManager::new_with_config(client.clone(), config)
+                ConnectionManager::new_with_config(client.as_ref().clone(), config)
                     .await
                     .map(Conn::Single)
             }
@@ -1047,6 +1050,45 @@ fn unexpected(what: &str, v: &Value) -> Error {
 }
 
 /// A script's reply: a flat array of strings.
+/// The reply of `lua/refresh.lua`.
+fn parse_refresh(reply: Value) -> Result<Refresh> {
+    let mut items = strings(reply, "refresh")?.into_iter();
+    let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
+        (items.next(), items.next(), items.next(), items.next())
+    else {
+        return Err(Error::Redis("refresh: short reply".to_owned()));
+    };
+    let rest: Vec<String> = items.collect();
+    let fields = rest.chunks_exact(2);
+    if !fields.remainder().is_empty() {
+        return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+    }
+    let pairs = fields
+        .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
+        .collect::<Result<Vec<_>>>()?;
+    let cursor = if epoch.is_empty() {
+        LogCursor::default()
+    } else {
+        LogCursor { epoch, last_id }
+    };
+    let flag = flag == "1";
+    match kind.as_str() {
+        "I" => Ok(Refresh::Incremental {
+            cursor,
+            changes: pairs,
+            more: flag,
+        }),
+        "R" => Ok(Refresh::Resync {
+            cursor,
+            all: pairs,
+            data_lost: flag,
+        }),
+        other => Err(Error::Redis(format!(
+            "refresh: unknown reply kind {other:?}"
+        ))),
+    }
+}
+
 fn strings(v: Value, what: &str) -> Result<Vec<String>> {
     let Value::Array(items) = v else {
         return Err(unexpected(what, &v));
