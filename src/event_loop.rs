@@ -887,11 +887,15 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
             // Redis answered, whatever it said; no answer trips the breaker.
             let reply = match outcome {
                 Ok(reply) => {
-                    permit.map(Permit::success);
+                    if let Some(p) = permit {
+                        p.success();
+                    }
                     Ok(reply)
                 }
                 Err(why) => {
-                    permit.map(Permit::failure);
+                    if let Some(p) = permit {
+                        p.failure();
+                    }
                     Err(match why {
                         Failure::Timeout => strata_core::Error::Timeout {
                             op: match what {
