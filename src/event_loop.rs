@@ -14,16 +14,19 @@
 //! `write(2)` for a whole batch under load).
 //!
 //! Same guarantees as the runtime path: the circuit breaker gates and is told every outcome, a
-//! deadline bounds every read ([`L2::op_timeout`], a libuv timer), and a failure is a miss (or
-//! the L1 copy), never a rejection. A timeout or any I/O or protocol error drops the connection
-//! (replies are matched in order, so a connection with an abandoned request cannot be reused);
-//! the next read, once the breaker is closed, makes a new one on the runtime (connect, `AUTH`,
-//! `SELECT`; after a failed attempt the next waits 250 ms), and reads go through the runtime
-//! until it is up.
+//! deadline bounds every request ([`L2::op_timeout`], a libuv timer), and a failure is a miss (or
+//! the L1 copy), never a rejection. A request past its deadline fails at once; it keeps its place
+//! in the queue (replies come in order) and its late reply is dropped. A connection that delivers
+//! nothing for four deadlines (at least a second) while requests wait, or any I/O or protocol
+//! error, drops the connection; the next request, once the breaker is closed, makes a new one on
+//! the runtime (connect, `AUTH`, `SELECT`; after a failed attempt the next waits 250 ms), and
+//! requests go through the runtime until it is up.
 //!
-//! Only the `GET` of an entry takes this path; everything else (writes, scripts, the clock, a
-//! cluster, TLS, Unix sockets, RESP3, a read before the clock offset is known) stays on the
-//! runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
+//! Two requests take this path: the `GET` of an entry, and the read of the invalidation log that
+//! `refreshTags` makes (`EVALSHA`, shared by the calls made before it is written; one in flight
+//! and one waiting at most, like the runtime path's coalescing). Everything else (writes,
+//! invalidations, the clock, a cluster, TLS, Unix sockets, RESP3, a read before the clock offset
+//! is known, a refresh while invalidations wait for replay) stays on the runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
 //!
 //! [`Cache::finish_remote`]: strata_core::cache::Cache::finish_remote
 //! [`L2::op_timeout`]: strata_core::l2::L2::op_timeout
@@ -162,6 +165,11 @@ struct Conn {
     /// `refreshTags` calls made while a refresh was in flight: served by one more read once it
     /// is back (so at most one read is in flight and one waits, as on the runtime path).
     waiting: Vec<sys::napi_deferred>,
+    lp: *mut sys::uv_loop_s,
+    /// When bytes last arrived, or the first request of a busy spell was sent (libuv ms).
+    progress_at: u64,
+    /// With requests in flight and nothing arriving for this long, the connection is dropped.
+    stuck_after: u64,
 }
 
 struct Pending {
@@ -188,6 +196,8 @@ enum What {
     },
     /// `refreshTags` calls this path cannot serve after all: they follow a runtime refresh.
     ToRuntime { deferreds: Vec<sys::napi_deferred> },
+    /// A request that timed out (already settled): its late reply is dropped.
+    Abandoned,
 }
 
 /// Why a connection was dropped.
@@ -433,6 +443,10 @@ impl State {
                 false
             }
             Link::Connecting(slot) => {
+                let op_timeout = g
+                    .cache
+                    .l2()
+                    .map_or(Duration::from_millis(250), |l2| l2.op_timeout());
                 let outcome = slot.lock().take();
                 match outcome {
                     None => false,
@@ -442,7 +456,7 @@ impl State {
                         };
                         false
                     }
-                    Some(Ok(stream)) => match self.attach(stream) {
+                    Some(Ok(stream)) => match self.attach(stream, op_timeout) {
                         Some(conn) => {
                             DIRECT_CONNECTS.fetch_add(1, Ordering::Relaxed);
                             self.link = Link::Up(conn);
@@ -461,7 +475,12 @@ impl State {
     }
 
     /// Registers a connected socket with this thread's loop.
-    fn attach(&mut self, stream: TcpStream) -> Option<Box<Conn>> {
+    fn attach(&mut self, stream: TcpStream, op_timeout: Duration) -> Option<Box<Conn>> {
+        // A deadline passing fails its request; a connection that delivers nothing for four
+        // deadlines (at least a second) is given up.
+        let stuck_after = u64::try_from(op_timeout.saturating_mul(4).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1000);
         if stream.set_nonblocking(true).is_err() {
             return None;
         }
@@ -512,6 +531,9 @@ impl State {
             refreshes: 0,
             joinable_refresh: false,
             waiting: Vec::new(),
+            lp: self.lp,
+            progress_at: 0,
+            stuck_after,
         }))
     }
 
@@ -634,6 +656,10 @@ impl Conn {
     }
 
     fn after_enqueue(&mut self, timeout: u64) {
+        if self.pending.len() == 1 {
+            // SAFETY: this thread's loop.
+            self.progress_at = unsafe { uv_now(self.lp) };
+        }
         if !self.referenced {
             // SAFETY: a live handle of this thread's loop.
             unsafe { uv_ref(self.poll) };
@@ -695,13 +721,17 @@ impl Conn {
                 let n = n as usize;
                 // SAFETY: read(2) initialised `n` bytes of `spare`.
                 unsafe { self.reader.advance(n) };
+                // SAFETY: this thread's loop.
+                self.progress_at = unsafe { uv_now(self.lp) };
                 loop {
                     match self.reader.next_reply() {
                         Ok(Some(reply)) => {
                             let Some(pending) = self.pending.pop_front() else {
                                 return Err(()); // a reply nobody asked for
                             };
-                            done.push(self.complete(pending, Ok(reply)));
+                            if !matches!(pending.what, What::Abandoned) {
+                                done.push(self.complete(pending, Ok(reply)));
+                            }
                         }
                         Ok(None) => break,
                         Err(_) => return Err(()),
@@ -791,16 +821,43 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
         let mut done = Vec::new();
         if conn.read_in(&mut done).is_err() {
             done.extend(state.drop_link(Failure::Broken));
-        } else if let Some(head) = conn.pending.front().map(|p| p.deadline) {
+        } else {
             // SAFETY: this thread's loop.
             let now = unsafe { uv_now(lp) };
-            if head > now {
-                // SAFETY: a live handle of this thread's loop.
-                unsafe { uv_timer_start(conn.timer, on_timer, head - now, 0) };
-                conn.timer_armed = true;
-            } else {
-                // The oldest read is overdue: the connection is stuck (or Redis is).
-                done.extend(state.drop_link(Failure::Timeout));
+            // Overdue requests (a prefix: deadlines follow the queue's order) fail now, as
+            // misses; each leaves a placeholder that swallows its late reply.
+            for i in 0..conn.pending.len() {
+                if conn.pending[i].deadline > now {
+                    break;
+                }
+                if matches!(conn.pending[i].what, What::Abandoned) {
+                    continue;
+                }
+                let placeholder = Pending {
+                    what: What::Abandoned,
+                    permit: None,
+                    deadline: conn.pending[i].deadline,
+                };
+                let late = std::mem::replace(&mut conn.pending[i], placeholder);
+                done.push(conn.complete(late, Err(Failure::Timeout)));
+            }
+            if !conn.pending.is_empty() {
+                let stuck_at = conn.progress_at.saturating_add(conn.stuck_after);
+                if now >= stuck_at {
+                    // Nothing arrived for a long time: the connection (or Redis) is stuck.
+                    done.extend(state.drop_link(Failure::Timeout));
+                } else {
+                    let next = conn
+                        .pending
+                        .iter()
+                        .find(|p| !matches!(p.what, What::Abandoned))
+                        .map_or(stuck_at, |p| p.deadline.min(stuck_at));
+                    // SAFETY: a live handle of this thread's loop.
+                    unsafe {
+                        uv_timer_start(conn.timer, on_timer, next.saturating_sub(now).max(1), 0)
+                    };
+                    conn.timer_armed = true;
+                }
             }
         }
         if done.is_empty() {
@@ -901,6 +958,7 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                             op: match what {
                                 What::Get { .. } => "get_entry",
                                 What::Refresh { .. } | What::ToRuntime { .. } => "refresh",
+                                What::Abandoned => "abandoned",
                             },
                             ms: g.cache.l2().map_or(0, |l2| {
                                 u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
@@ -921,6 +979,7 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                 What::Refresh { deferreds, covered } => {
                     settle_refresh(&env_ref, g, deferreds, covered, reply)
                 }
+                What::Abandoned => {}
                 What::ToRuntime { deferreds } => {
                     let value = crate::refresh_on_runtime(&env_ref, g)
                         .map_or_else(|_| undefined(&env_ref), |p| p.raw());

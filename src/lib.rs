@@ -16,7 +16,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use strata_core::cache::{Cache, L2Write, SetReport, CLOCK_SYNC_INTERVAL};
-use strata_core::clock::{Clock, SharedClock, SystemClock};
+use strata_core::clock::{Clock, MonotonicClock, SharedClock, SystemClock};
 use strata_core::config::{redact_url, Config, Options};
 use strata_core::entry::EntryMeta;
 use strata_core::metrics::Metrics;
@@ -108,6 +108,9 @@ pub struct InitOptions {
     pub build_phase: Option<bool>,
     /// Testing only: shifts this process's clock by this many ms.
     pub clock_skew_ms: Option<f64>,
+    /// `performance.timeOrigin + performance.now()` read by the caller just before `init`: the
+    /// cache's clock follows Next's from there.
+    pub clock_now_ms: Option<f64>,
 }
 
 /// The configuration the process runs with (secrets redacted).
@@ -177,11 +180,11 @@ fn describe(g: &Global, applied: bool) -> ResolvedConfig {
 }
 
 #[derive(Debug)]
-struct SkewedClock(f64);
+struct SkewedClock(SharedClock, f64);
 
 impl Clock for SkewedClock {
     fn now_ms(&self) -> f64 {
-        SystemClock.now_ms() + self.0
+        self.0.now_ms() + self.1
     }
 }
 
@@ -239,10 +242,16 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
             .filter(|v| v.is_finite())
             .unwrap_or(0.0),
     };
+    // Next's clock (`performance.timeOrigin + performance.now()`, read by index.js just before
+    // this call), so tag stamps and entry timestamps are compared in one domain.
+    let base: SharedClock = match o.clock_now_ms {
+        Some(now) if now.is_finite() && now > 0.0 => Arc::new(MonotonicClock::new(now)),
+        _ => Arc::new(SystemClock),
+    };
     let clock: SharedClock = if skew == 0.0 {
-        Arc::new(SystemClock)
+        base
     } else {
-        Arc::new(SkewedClock(skew))
+        Arc::new(SkewedClock(base, skew))
     };
     let cache = Cache::new(
         &config,

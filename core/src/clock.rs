@@ -17,6 +17,34 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+/// Next's own clock: `performance.timeOrigin + performance.now()`, i.e. the wall clock read once
+/// when the process (or worker) started, advanced by the monotonic clock. It drifts from the
+/// wall clock as NTP slews it (up to 0.5 ms per second), so comparing Next's `timestamp`s with
+/// wall-clock stamps could serve an entry made just before an invalidation as fresh. Anchored to
+/// a reading of Next's clock, it advances with the same monotonic clock (`CLOCK_MONOTONIC`,
+/// which both `Instant` and libuv's `uv_hrtime` read on Linux).
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    anchor_ms: f64,
+    anchor: std::time::Instant,
+}
+
+impl MonotonicClock {
+    /// A clock that reads `now_ms` now.
+    pub fn new(now_ms: f64) -> Self {
+        Self {
+            anchor_ms: now_ms,
+            anchor: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> f64 {
+        self.anchor_ms + self.anchor.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> f64 {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
@@ -90,5 +118,23 @@ impl OffsetClock {
             self.offset_bits
                 .store(offset_ms.to_bits(), Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monotonic_clock_starts_at_its_anchor_and_only_moves_forward() {
+        // An anchor far from the wall clock: the clock follows the anchor, not the wall.
+        let c = MonotonicClock::new(1_000.0);
+        let a = c.now_ms();
+        let b = c.now_ms();
+        assert!((1_000.0..1_000.0 + 1_000.0).contains(&a), "{a}");
+        assert!(b >= a);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let d = c.now_ms() - b;
+        assert!((4.0..1_000.0).contains(&d), "{d}");
     }
 }
