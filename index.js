@@ -119,7 +119,7 @@ function boot(options) {
   // environment must not decide which deployment's Redis namespace gets written.
   const buildPhase = process.env.NEXT_PHASE === 'phase-production-build'
   try {
-    resolved = native.init({ ...options, buildPhase, clockNowMs: performance.timeOrigin + performance.now() })
+    resolved = native.init({ ...options, buildPhase })
   } catch (err) {
     throw toStrataError(err)
   }

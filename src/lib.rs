@@ -108,9 +108,6 @@ pub struct InitOptions {
     pub build_phase: Option<bool>,
     /// Testing only: shifts this process's clock by this many ms.
     pub clock_skew_ms: Option<f64>,
-    /// `performance.timeOrigin + performance.now()` read by the caller just before `init`: the
-    /// cache's clock follows Next's from there.
-    pub clock_now_ms: Option<f64>,
 }
 
 /// The configuration the process runs with (secrets redacted).
@@ -179,6 +176,67 @@ fn describe(g: &Global, applied: bool) -> ResolvedConfig {
     }
 }
 
+/// Next's clock, `performance.timeOrigin + performance.now()`, as a [`MonotonicClock`]: read
+/// a few times between two `Instant`s, anchored at the midpoint of the tightest reading (error
+/// about half a µs once warm). `None` if `performance` is not there.
+fn next_clock(env: &Env) -> Option<MonotonicClock> {
+    use napi::sys;
+    use std::time::{Duration, Instant};
+    let raw = env.raw();
+    // SAFETY: plain napi calls on the live environment of the current call, on its thread.
+    unsafe {
+        let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
+        let mut global = std::ptr::null_mut();
+        ok(sys::napi_get_global(raw, &mut global))?;
+        let mut perf = std::ptr::null_mut();
+        ok(sys::napi_get_named_property(
+            raw,
+            global,
+            c"performance".as_ptr(),
+            &mut perf,
+        ))?;
+        let mut now_fn = std::ptr::null_mut();
+        ok(sys::napi_get_named_property(
+            raw,
+            perf,
+            c"now".as_ptr(),
+            &mut now_fn,
+        ))?;
+        let mut origin = std::ptr::null_mut();
+        ok(sys::napi_get_named_property(
+            raw,
+            perf,
+            c"timeOrigin".as_ptr(),
+            &mut origin,
+        ))?;
+        let mut origin_ms = 0.0;
+        ok(sys::napi_get_value_double(raw, origin, &mut origin_ms))?;
+        let mut best: Option<(Duration, Instant, f64)> = None;
+        for _ in 0..8 {
+            let before = Instant::now();
+            let mut now = std::ptr::null_mut();
+            ok(sys::napi_call_function(
+                raw,
+                perf,
+                now_fn,
+                0,
+                std::ptr::null(),
+                &mut now,
+            ))?;
+            let after = Instant::now();
+            let mut now_ms = 0.0;
+            ok(sys::napi_get_value_double(raw, now, &mut now_ms))?;
+            let window = after - before;
+            if best.is_none_or(|(w, _, _)| window < w) {
+                best = Some((window, before + window / 2, now_ms));
+            }
+        }
+        let (_, at, now_ms) = best?;
+        let ms = origin_ms + now_ms;
+        (ms.is_finite() && ms > 0.0).then(|| MonotonicClock::anchored(ms, at))
+    }
+}
+
 #[derive(Debug)]
 struct SkewedClock(SharedClock, f64);
 
@@ -191,7 +249,7 @@ impl Clock for SkewedClock {
 /// Resolves the configuration (code options over environment variables over defaults) and
 /// creates the process-wide cache on first call. Later calls return the existing configuration.
 #[napi]
-pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
+pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
     let o = options.unwrap_or_default();
     let code = Options {
         l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
@@ -242,11 +300,10 @@ pub fn init(options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
             .filter(|v| v.is_finite())
             .unwrap_or(0.0),
     };
-    // Next's clock (`performance.timeOrigin + performance.now()`, read by index.js just before
-    // this call), so tag stamps and entry timestamps are compared in one domain.
-    let base: SharedClock = match o.clock_now_ms {
-        Some(now) if now.is_finite() && now > 0.0 => Arc::new(MonotonicClock::new(now)),
-        _ => Arc::new(SystemClock),
+    // Next's clock, so tag stamps and entry timestamps are compared in one domain.
+    let base: SharedClock = match next_clock(&js_env) {
+        Some(clock) => Arc::new(clock),
+        None => Arc::new(SystemClock),
     };
     let clock: SharedClock = if skew == 0.0 {
         base

@@ -32,9 +32,15 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     /// A clock that reads `now_ms` now.
     pub fn new(now_ms: f64) -> Self {
+        Self::anchored(now_ms, std::time::Instant::now())
+    }
+
+    /// A clock that read `now_ms` at `at` (e.g. the midpoint of the `Instant`s taken around a
+    /// reading of the reference clock).
+    pub fn anchored(now_ms: f64, at: std::time::Instant) -> Self {
         Self {
             anchor_ms: now_ms,
-            anchor: std::time::Instant::now(),
+            anchor: at,
         }
     }
 }
