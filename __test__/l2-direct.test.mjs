@@ -4,21 +4,11 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startRedis } from './helpers/redis-server.mjs'
-import { startInstance } from './helpers/instance.mjs'
+import { instancePool } from './helpers/instance.mjs'
 
-const running = []
-let n = 0
-const ns = () => `d${process.pid}-${++n}`
-
-async function instance(redis, env = {}) {
-  const i = await startInstance({ env: { REDIS_URL: redis.url, STRATA_REDIS_TIMEOUT_MS: '200', ...env } })
-  running.push(i)
-  return i
-}
-
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((i) => i.stop()))
-})
+const pool = instancePool('d')
+const { ns, instance } = pool
+afterEach(pool.stopAll)
 
 /** Calls refreshTags until one went over the event loop (the first ones connect it). */
 async function untilDirectRefresh(inst) {

@@ -2,21 +2,11 @@
 // invalidations are never lost. Real redis-server processes, separate instance processes.
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import { startRedis } from './helpers/redis-server.mjs'
-import { startInstance } from './helpers/instance.mjs'
+import { instancePool } from './helpers/instance.mjs'
 
-const running = []
-let n = 0
-const ns = () => `f${process.pid}-${++n}`
-
-async function instance(redis, env = {}) {
-  const i = await startInstance({ env: { REDIS_URL: redis.url, STRATA_REDIS_TIMEOUT_MS: '200', ...env } })
-  running.push(i)
-  return i
-}
-
-afterEach(async () => {
-  await Promise.all(running.splice(0).map((i) => i.stop()))
-})
+const pool = instancePool('f')
+const { ns, instance } = pool
+afterEach(pool.stopAll)
 
 describe('Redis slow or paused', () => {
   let redis
@@ -108,8 +98,7 @@ describe('Redis down and restarted empty', () => {
     const redis = await startRedis()
     const port = redis.port
     await redis.stop()
-    const a = await startInstance({ env: { REDIS_URL: `redis://127.0.0.1:${port}`, STRATA_NAMESPACE: ns(), STRATA_REDIS_TIMEOUT_MS: '200', STRATA_LOG: 'silent' } })
-    running.push(a)
+    const a = await instance({ url: `redis://127.0.0.1:${port}` }, { STRATA_NAMESPACE: ns(), STRATA_LOG: 'silent' })
     await a.call('refreshTags')
     expect(await a.call('get', { key: 'k' })).toBeNull()
     await a.call('set', { key: 'k', value: 'v', tags: ['t'] })

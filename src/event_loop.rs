@@ -334,17 +334,7 @@ where
             Some(Made::Joined(promise)) => return Ok(Some((promise, Vec::new()))),
             Some(Made::Request(what, permit, promise)) => (what, permit, promise),
         };
-        let timeout = u64::try_from(l2.op_timeout().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        // SAFETY: the loop of this thread's environment.
-        let now = unsafe { uv_now(state.lp) };
-        conn.pending.push_back(Pending {
-            what,
-            permit: Some(permit),
-            deadline: now.saturating_add(timeout),
-        });
-        conn.after_enqueue(timeout);
+        conn.track(what, permit, l2.op_timeout());
         // Inside our own callback, requests wait for the end of it to go out together, unless
         // the connection has nothing else in flight: then there is nothing to batch with, and
         // sending at once lets Redis work while JS goes on (building the stream, for one).
@@ -543,7 +533,6 @@ impl State {
     fn kick_waiting_refresh(&mut self) {
         let Ok(g) = crate::global() else { return };
         let Some(l2) = g.cache.l2() else { return };
-        let lp = self.lp;
         let Link::Up(conn) = &mut self.link else {
             return;
         };
@@ -559,17 +548,7 @@ impl State {
         };
         conn.refresh_gate = Some(gate);
         let what = conn.encode_refresh(g, l2, waiting);
-        let timeout = u64::try_from(l2.op_timeout().as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        // SAFETY: the loop of this thread's environment.
-        let now = unsafe { uv_now(lp) };
-        conn.pending.push_back(Pending {
-            what,
-            permit: Some(permit),
-            deadline: now.saturating_add(timeout),
-        });
-        conn.after_enqueue(timeout);
+        conn.track(what, permit, l2.op_timeout());
     }
 
     /// Writes what is queued; on failure drops the connection (its reads are returned).
@@ -653,6 +632,21 @@ impl Conn {
             outcome,
             gate,
         }
+    }
+
+    /// Tracks a request just encoded into `out`: its deadline, the timer, the loop reference.
+    fn track(&mut self, what: What, permit: Permit, op_timeout: Duration) {
+        let timeout = u64::try_from(op_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // SAFETY: the loop of this thread's environment.
+        let now = unsafe { uv_now(self.lp) };
+        self.pending.push_back(Pending {
+            what,
+            permit: Some(permit),
+            deadline: now.saturating_add(timeout),
+        });
+        self.after_enqueue(timeout);
     }
 
     fn after_enqueue(&mut self, timeout: u64) {
@@ -773,14 +767,9 @@ unsafe fn generation_of(handle: *mut UvHandle) -> u64 {
 unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int) {
     // SAFETY: called by libuv with a handle of ours.
     let generation = unsafe { generation_of(handle) };
-    let Some((env, done)) = STATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let state = slot.as_mut()?;
-        if state.generation != generation {
-            return None;
-        }
+    dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
-            return None;
+            return Vec::new();
         };
         let mut done = Vec::new();
         let mut ok = status >= 0;
@@ -793,27 +782,16 @@ unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int
         if !ok {
             done.extend(state.drop_link(Failure::Broken));
         }
-        state.dispatching = true;
-        Some((state.env, done))
-    }) else {
-        return;
-    };
-    settle(env, done, true);
-    finish_dispatch();
+        done
+    });
 }
 
 unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
     // SAFETY: called by libuv with a handle of ours.
     let generation = unsafe { generation_of(handle) };
-    let Some((env, done)) = STATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let state = slot.as_mut()?;
-        if state.generation != generation {
-            return None;
-        }
-        let lp = state.lp;
+    dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
-            return None;
+            return Vec::new();
         };
         conn.timer_armed = false;
         // libuv runs timers before polling: after a long JS task the replies may be waiting in
@@ -821,54 +799,67 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
         let mut done = Vec::new();
         if conn.read_in(&mut done).is_err() {
             done.extend(state.drop_link(Failure::Broken));
-        } else {
-            // SAFETY: this thread's loop.
-            let now = unsafe { uv_now(lp) };
-            // Overdue requests (a prefix: deadlines follow the queue's order) fail now, as
-            // misses; each leaves a placeholder that swallows its late reply.
-            for i in 0..conn.pending.len() {
-                if conn.pending[i].deadline > now {
-                    break;
-                }
-                if matches!(conn.pending[i].what, What::Abandoned) {
-                    continue;
-                }
-                let placeholder = Pending {
-                    what: What::Abandoned,
-                    permit: None,
-                    deadline: conn.pending[i].deadline,
-                };
-                let late = std::mem::replace(&mut conn.pending[i], placeholder);
-                done.push(conn.complete(late, Err(Failure::Timeout)));
-            }
-            if !conn.pending.is_empty() {
-                let stuck_at = conn.progress_at.saturating_add(conn.stuck_after);
-                if now >= stuck_at {
-                    // Nothing arrived for a long time: the connection (or Redis) is stuck.
-                    done.extend(state.drop_link(Failure::Timeout));
-                } else {
-                    let next = conn
-                        .pending
-                        .iter()
-                        .find(|p| !matches!(p.what, What::Abandoned))
-                        .map_or(stuck_at, |p| p.deadline.min(stuck_at));
-                    // SAFETY: a live handle of this thread's loop.
-                    unsafe {
-                        uv_timer_start(conn.timer, on_timer, next.saturating_sub(now).max(1), 0)
-                    };
-                    conn.timer_armed = true;
-                }
-            }
+            return done;
         }
-        if done.is_empty() {
+        // SAFETY: this thread's loop.
+        let now = unsafe { uv_now(conn.lp) };
+        // Overdue requests (a prefix: deadlines follow the queue's order) fail now, as misses;
+        // each leaves a placeholder that swallows its late reply.
+        for i in 0..conn.pending.len() {
+            if conn.pending[i].deadline > now {
+                break;
+            }
+            if matches!(conn.pending[i].what, What::Abandoned) {
+                continue;
+            }
+            let placeholder = Pending {
+                what: What::Abandoned,
+                permit: None,
+                deadline: conn.pending[i].deadline,
+            };
+            let late = std::mem::replace(&mut conn.pending[i], placeholder);
+            done.push(conn.complete(late, Err(Failure::Timeout)));
+        }
+        if conn.pending.is_empty() {
+            return done;
+        }
+        let stuck_at = conn.progress_at.saturating_add(conn.stuck_after);
+        if now >= stuck_at {
+            // Nothing arrived for a long time: the connection (or Redis) is stuck.
+            done.extend(state.drop_link(Failure::Timeout));
+            return done;
+        }
+        let next = conn
+            .pending
+            .iter()
+            .find(|p| !matches!(p.what, What::Abandoned))
+            .map_or(stuck_at, |p| p.deadline.min(stuck_at));
+        // SAFETY: a live handle of this thread's loop.
+        unsafe { uv_timer_start(conn.timer, on_timer, next.saturating_sub(now).max(1), 0) };
+        conn.timer_armed = true;
+        done
+    });
+}
+
+/// A libuv callback of connection `generation`: `work` (with the state borrowed) returns the
+/// requests to settle; they are settled (their continuations run), then what those queued is
+/// written.
+fn dispatch(generation: u64, work: impl FnOnce(&mut State) -> Vec<Done>) {
+    let Some((env, done)) = STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let state = slot.as_mut()?;
+        if state.generation != generation {
             return None;
         }
+        let done = work(state);
         state.dispatching = true;
         Some((state.env, done))
     }) else {
         return;
     };
-    settle(env, done, true);
+    if !done.is_empty() {
+        settle(env, done, true);
+    }
     finish_dispatch();
 }
 

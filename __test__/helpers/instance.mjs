@@ -58,3 +58,23 @@ export async function startInstance({ env = {}, cwd } = {}) {
     },
   }
 }
+
+/**
+ * Instances on one Redis for a test file, all stopped after each test:
+ *   const pool = instancePool('f'); afterEach(pool.stopAll)
+ *   const a = await pool.instance(redis, { STRATA_NAMESPACE: pool.ns() })
+ * Instances get a 200 ms Redis deadline unless `env` says otherwise.
+ */
+export function instancePool(prefix) {
+  const running = []
+  let n = 0
+  return {
+    ns: () => `${prefix}${process.pid}-${++n}`,
+    async instance(redis, env = {}) {
+      const i = await startInstance({ env: { REDIS_URL: redis.url, STRATA_REDIS_TIMEOUT_MS: '200', ...env } })
+      running.push(i)
+      return i
+    },
+    stopAll: async () => { await Promise.all(running.splice(0).map((i) => i.stop())) },
+  }
+}
