@@ -91,7 +91,14 @@ extern "C" {
     fn uv_close(handle: *mut UvHandle, cb: Option<unsafe extern "C" fn(*mut UvHandle)>);
     fn uv_ref(handle: *mut UvHandle);
     fn uv_unref(handle: *mut UvHandle);
-    fn uv_now(lp: *const sys::uv_loop_s) -> u64;
+    fn uv_hrtime() -> u64;
+}
+
+/// Now, in ms of libuv's monotonic clock (not the loop's cached time, which lags behind by the
+/// length of the current JS task: deadlines count from when a request is really sent).
+fn now_ms() -> u64 {
+    // SAFETY: a pure libuv function.
+    (unsafe { uv_hrtime() }) / 1_000_000
 }
 
 /// A libuv handle's memory (`malloc`ed: freed by [`free_handle`] once libuv closed it).
@@ -165,8 +172,7 @@ struct Conn {
     /// `refreshTags` calls made while a refresh was in flight: served by one more read once it
     /// is back (so at most one read is in flight and one waits, as on the runtime path).
     waiting: Vec<sys::napi_deferred>,
-    lp: *mut sys::uv_loop_s,
-    /// When bytes last arrived, or the first request of a busy spell was sent (libuv ms).
+    /// When bytes last arrived, or the first request of a busy spell was sent ([`now_ms`]).
     progress_at: u64,
     /// With requests in flight and nothing arriving for this long, the connection is dropped.
     stuck_after: u64,
@@ -176,7 +182,7 @@ struct Pending {
     what: What,
     /// `None` for refresh calls that waited for a read and lost their connection first.
     permit: Option<Permit>,
-    /// In libuv's clock (ms).
+    /// In [`now_ms`]'s clock.
     deadline: u64,
 }
 
@@ -521,7 +527,6 @@ impl State {
             refreshes: 0,
             joinable_refresh: false,
             waiting: Vec::new(),
-            lp: self.lp,
             progress_at: 0,
             stuck_after,
         }))
@@ -639,8 +644,7 @@ impl Conn {
         let timeout = u64::try_from(op_timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        // SAFETY: the loop of this thread's environment.
-        let now = unsafe { uv_now(self.lp) };
+        let now = now_ms();
         self.pending.push_back(Pending {
             what,
             permit: Some(permit),
@@ -651,8 +655,7 @@ impl Conn {
 
     fn after_enqueue(&mut self, timeout: u64) {
         if self.pending.len() == 1 {
-            // SAFETY: this thread's loop.
-            self.progress_at = unsafe { uv_now(self.lp) };
+            self.progress_at = now_ms();
         }
         if !self.referenced {
             // SAFETY: a live handle of this thread's loop.
@@ -715,8 +718,7 @@ impl Conn {
                 let n = n as usize;
                 // SAFETY: read(2) initialised `n` bytes of `spare`.
                 unsafe { self.reader.advance(n) };
-                // SAFETY: this thread's loop.
-                self.progress_at = unsafe { uv_now(self.lp) };
+                self.progress_at = now_ms();
                 loop {
                     match self.reader.next_reply() {
                         Ok(Some(reply)) => {
@@ -801,8 +803,7 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
             done.extend(state.drop_link(Failure::Broken));
             return done;
         }
-        // SAFETY: this thread's loop.
-        let now = unsafe { uv_now(conn.lp) };
+        let now = now_ms();
         // Overdue requests (a prefix: deadlines follow the queue's order) fail now, as misses;
         // each leaves a placeholder that swallows its late reply.
         for i in 0..conn.pending.len() {
