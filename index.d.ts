@@ -144,6 +144,8 @@ export interface StrataStats {
     directConnects: number
     /** `refreshTags` reads of the invalidation log made on Node's event loop. */
     directRefreshes: number
+    /** Entry writes to Redis made on Node's event loop. */
+    directWrites: number
   }
 }
 

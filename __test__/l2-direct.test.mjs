@@ -68,6 +68,35 @@ describe('L2 reads on the event loop', () => {
     expect((await reader.call('stats')).l2.misses).toBe(after.misses + 1)
   })
 
+  it('writes over the event loop: every size exactly, with the TTL from expire; too large stays L1-only', async () => {
+    const name = ns()
+    const writer = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L2_MAX_VALUE_BYTES: '2000000', STRATA_REDIS_TIMEOUT_MS: '10000' })
+    const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1', STRATA_REDIS_TIMEOUT_MS: '10000' })
+    await untilDirectRefresh(writer) // the writer's connection is up
+    const items = []
+    for (const [i, size] of [0, 1, 1000, 40_000, 1_100_000].entries()) {
+      items.push({ key: `w-${i}`, size, seed: i }, { key: `wz-${i}`, size, seed: i + 7, repeat: 32 })
+    }
+    const s0 = (await writer.call('stats')).l2
+    await writer.call('setMany', { items })
+    const s1 = (await writer.call('stats')).l2
+    expect(s1.directWrites - s0.directWrites).toBe(items.length)
+    expect(s1.writes - s0.writes).toBe(items.length)
+    expect(s1.writeErrors).toBe(0)
+    expect(await reader.call('getMany', { items })).toEqual(items.map((x) => ({ size: x.size, exact: true })))
+    // The TTL comes from `expire` (3600 s in setMany).
+    const key = (await redis.cli('--scan', '--pattern', `sc:${name}:e:*`)).trim().split('\n')[0]
+    const pttl = Number((await redis.cli('PTTL', key)).trim())
+    expect(pttl).toBeGreaterThan(3_500_000)
+    expect(pttl).toBeLessThanOrEqual(3_600_000)
+    // Over l2MaxValueBytes: stored in the writer's L1 only, nothing sent.
+    await writer.call('setMany', { items: [{ key: 'huge', size: 2_100_000, seed: 1 }] })
+    const s2 = (await writer.call('stats')).l2
+    expect(s2.tooLarge).toBe(s1.tooLarge + 1)
+    expect(s2.directWrites).toBe(s1.directWrites)
+    expect(await reader.call('getMany', { items: [{ key: 'huge', size: 2_100_000, seed: 1 }] })).toEqual([null])
+  })
+
   it('garbage under a key read over the event loop is a counted miss', async () => {
     const name = ns()
     const reader = await instance(redis, { STRATA_NAMESPACE: name, STRATA_L1_MAX_BYTES: '1' })

@@ -22,11 +22,12 @@
 //! the runtime (connect, `AUTH`, `SELECT`; after a failed attempt the next waits 250 ms), and
 //! requests go through the runtime until it is up.
 //!
-//! Two requests take this path: the `GET` of an entry, and the read of the invalidation log that
-//! `refreshTags` makes (`EVALSHA`, shared by the calls made before it is written; one in flight
-//! and one waiting at most, like the runtime path's coalescing). Everything else (writes,
-//! invalidations, the clock, a cluster, TLS, Unix sockets, RESP3, a read before the clock offset
-//! is known, a refresh while invalidations wait for replay) stays on the runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
+//! Three requests take this path: the `GET` of an entry, the `SET` of an entry, and the read of
+//! the invalidation log that `refreshTags` makes (`EVALSHA`, shared by the calls made before it
+//! is written; one in flight and one waiting at most, like the runtime path's coalescing).
+//! Everything else (invalidations, the clock, a cluster, TLS, Unix sockets, RESP3, anything
+//! before the clock offset is known, a refresh while invalidations wait for replay) stays on
+//! the runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
 //!
 //! [`Cache::finish_remote`]: strata_core::cache::Cache::finish_remote
 //! [`L2::op_timeout`]: strata_core::l2::L2::op_timeout
@@ -48,10 +49,13 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use strata_core::breaker::{Permit, State as BreakerState};
+use strata_core::cache::SetPlan;
+use strata_core::entry::EntryMeta;
 use strata_core::l2::DirectTarget;
 use strata_core::resp::{self, Reader, Reply};
+use strata_core::store::SetOutcome;
 
-use crate::js_entry::{self, RawValue};
+use crate::js_entry::{self, Chunks, RawValue};
 use crate::{internal, Global, JsResult};
 
 /// Reads served by this path (all environments).
@@ -60,6 +64,8 @@ pub static DIRECT_READS: AtomicU64 = AtomicU64::new(0);
 pub static DIRECT_CONNECTS: AtomicU64 = AtomicU64::new(0);
 /// Reads of the invalidation log (`refreshTags`) made by this path (all environments).
 pub static DIRECT_REFRESHES: AtomicU64 = AtomicU64::new(0);
+/// Entry writes (`SET`) made by this path (all environments).
+pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -202,6 +208,11 @@ enum What {
     },
     /// `refreshTags` calls this path cannot serve after all: they follow a runtime refresh.
     ToRuntime { deferreds: Vec<sys::napi_deferred> },
+    /// An entry's `SET` (already in L1 as `l1`).
+    Set {
+        deferred: sys::napi_deferred,
+        l1: SetOutcome,
+    },
     /// A request that timed out (already settled): its late reply is dropped.
     Abandoned,
 }
@@ -289,7 +300,65 @@ pub fn try_refresh(env: &Env, g: &'static Global) -> JsResult<Option<RawValue>> 
     })
 }
 
-/// What a request maker did.
+/// What [`try_set`] did.
+pub enum SetTry {
+    /// Taken: a promise of `{ l1, l2 }` (the entry is in L1 already).
+    Taken(RawValue),
+    /// Not taken (no connection yet, breaker open, …): the arguments back, for the runtime.
+    NotTaken(Chunks, EntryMeta),
+}
+
+/// Tries the event-loop path for `set`: L1 at once, then the envelope's `SET` on this thread's
+/// connection.
+pub fn try_set(
+    env: &Env,
+    g: &'static Global,
+    key: &str,
+    chunks: Chunks,
+    meta: EntryMeta,
+) -> JsResult<SetTry> {
+    if !g.cache.direct_write_ready() {
+        return Ok(SetTry::NotTaken(chunks, meta));
+    }
+    let mut args = Some((chunks, meta));
+    let taken = with_conn(env, g, |conn, l2, raw| {
+        let Some((chunks, meta)) = args.take() else {
+            return Ok(None);
+        };
+        let (deferred, promise) = promise(raw)?;
+        let report = match g.cache.plan_set(key, chunks.0, meta) {
+            Ok(SetPlan::Done(report)) => report,
+            Ok(SetPlan::Write { l1, envelope, ttl }) => match l2.breaker().try_acquire() {
+                Some(permit) => {
+                    l2.encode_set(&mut conn.out, key, &envelope, ttl);
+                    let what = What::Set { deferred, l1 };
+                    return Ok(Some(Made::Request(what, permit, promise)));
+                }
+                // The breaker opened meanwhile: L1-only, as the runtime path reports it.
+                None => g.cache.finish_set(l1, false),
+            },
+            Err(e) => {
+                // Invalid metadata: rejected, like the runtime path.
+                let err = error_value(&Env::from_raw(raw), &e);
+                // SAFETY: a deferred of this environment, settled once.
+                unsafe { sys::napi_reject_deferred(raw, deferred, err) };
+                return Ok(Some(Made::Joined(promise)));
+            }
+        };
+        // Nothing to write (not stored, too large) or nothing can be: settled now.
+        let value = crate::set_report_value(&Env::from_raw(raw), g, report)?;
+        // SAFETY: a deferred of this environment, settled once.
+        unsafe { sys::napi_resolve_deferred(raw, deferred, value.raw()) };
+        Ok(Some(Made::Joined(promise)))
+    })?;
+    match (taken, args) {
+        (Some(promise), _) => Ok(SetTry::Taken(promise)),
+        (None, Some((chunks, meta))) => Ok(SetTry::NotTaken(chunks, meta)),
+        (None, None) => Err(internal("set: arguments consumed without a promise")),
+    }
+}
+
+/// What a request maker did./// What a request maker did.
 enum Made {
     /// A new request, encoded: track it.
     Request(What, Permit, RawValue),
@@ -696,7 +765,12 @@ impl Conn {
                 Err(_) => return Err(()),
             }
         }
-        self.out.clear();
+        if self.out.capacity() > 1 << 20 {
+            // After a large value: do not keep its size of buffer for good.
+            self.out = Vec::with_capacity(4096);
+        } else {
+            self.out.clear();
+        }
         self.written = 0;
         if self.want_writable {
             self.want_writable = false;
@@ -950,6 +1024,7 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                             op: match what {
                                 What::Get { .. } => "get_entry",
                                 What::Refresh { .. } | What::ToRuntime { .. } => "refresh",
+                                What::Set { .. } => "set_entry",
                                 What::Abandoned => "abandoned",
                             },
                             ms: g.cache.l2().map_or(0, |l2| {
@@ -972,6 +1047,14 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                     settle_refresh(&env_ref, g, deferreds, covered, reply)
                 }
                 What::Abandoned => {}
+                What::Set { deferred, l1 } => {
+                    DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
+                    let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
+                    let report = g.cache.finish_set(l1, written);
+                    let value = crate::set_report_value(&env_ref, g, report)
+                        .map_or_else(|_| undefined(&env_ref), |v| v.raw());
+                    sys::napi_resolve_deferred(env, deferred, value);
+                }
                 What::ToRuntime { deferreds } => {
                     let value = crate::refresh_on_runtime(&env_ref, g)
                         .map_or_else(|_| undefined(&env_ref), |p| p.raw());

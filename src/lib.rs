@@ -425,18 +425,25 @@ pub fn uc_set_remote(
 ) -> Result<RawValue, Code> {
     let g = global()?;
     let meta = meta_of(tags, stale, timestamp, expire, revalidate);
+    let (chunks, meta) = match event_loop::try_set(&env, g, &key, chunks, meta)? {
+        event_loop::SetTry::Taken(promise) => return Ok(promise),
+        event_loop::SetTry::NotTaken(chunks, meta) => (chunks, meta),
+    };
     let fut = async move {
         let report = g.cache.set(&key, chunks.0, meta).await;
-        let settle: bridge::Settle = Box::new(move |env| {
-            let result = set_result(g, report.map_err(to_js)?);
-            // SAFETY: `env` is the live main-thread environment of the settling callback.
-            let v = unsafe { SetResult::to_napi_value(env.raw(), result) }
-                .map_err(|e| internal(e.reason.clone()))?;
-            Ok(RawValue::from_raw(v))
-        });
+        let settle: bridge::Settle =
+            Box::new(move |env| set_report_value(env, g, report.map_err(to_js)?));
         settle
     };
     bridge::submit(&env, fut)
+}
+
+/// The `{ l1, l2 }` object a set's promise resolves to.
+fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawValue> {
+    // SAFETY: `env` is the live environment of the current call or callback.
+    let v = unsafe { SetResult::to_napi_value(env.raw(), set_result(g, report)) }
+        .map_err(|e| internal(e.reason.clone()))?;
+    Ok(RawValue::from_raw(v))
 }
 
 /// `refreshTags()`: a promise; follows the shared invalidation log (one round trip, usually
@@ -673,6 +680,8 @@ pub struct NativeL2Stats {
     pub direct_connects: f64,
     /// `refreshTags` log reads made on Node's event loop.
     pub direct_refreshes: f64,
+    /// Entry writes made on Node's event loop.
+    pub direct_writes: f64,
 }
 
 /// Counters of the native cache (null before first use).
@@ -711,6 +720,7 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
             direct_reads: event_loop::DIRECT_READS.load(Ordering::Relaxed) as f64,
             direct_connects: event_loop::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
             direct_refreshes: event_loop::DIRECT_REFRESHES.load(Ordering::Relaxed) as f64,
+            direct_writes: event_loop::DIRECT_WRITES.load(Ordering::Relaxed) as f64,
         });
     Some(NativeStats {
         entries: s.entries as f64,

@@ -39,6 +39,22 @@ pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// unchanged, so a value written and read on one host round-trips exactly.
 pub const SAME_CLOCK_MS: f64 = 1.0;
 
+/// What [`Cache::plan_set`] decided.
+#[derive(Debug)]
+pub enum SetPlan {
+    /// Nothing to write to L2 (no L2, not stored, too large): the report is final.
+    Done(SetReport),
+    /// Stored in L1; write `envelope` to L2 with `ttl`, then call [`Cache::finish_set`].
+    Write {
+        /// The L1 outcome.
+        l1: SetOutcome,
+        /// The stored bytes.
+        envelope: Vec<u8>,
+        /// The entry's TTL in Redis.
+        ttl: Duration,
+    },
+}
+
 /// What happened to an entry on `set`, per level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetReport {
@@ -414,14 +430,30 @@ impl Cache {
     /// the [`SetReport`] and leaves the entry L1-only.
     pub async fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetReport> {
         self.ensure_clock().await;
+        match self.plan_set(key, value, meta)? {
+            SetPlan::Done(report) => Ok(report),
+            SetPlan::Write { l1, envelope, ttl } => {
+                let Some(r) = &self.remote else {
+                    return Ok(self.finish_set(l1, false));
+                };
+                let written = r.l2.set_entry(key, &envelope, ttl).await.is_ok();
+                Ok(self.finish_set(l1, written))
+            }
+        }
+    }
+
+    /// The synchronous part of [`Cache::set`]: stores in L1 and, when the entry goes to L2 too,
+    /// returns its envelope and TTL, to be written by the caller (the runtime, or the event-loop
+    /// path with [`L2::set_command`]) and reported with [`Cache::finish_set`].
+    pub fn plan_set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetPlan> {
         let offset = self.store.clock().offset();
         let server_ts = meta.timestamp + offset;
         let l1 = match self.store.admit(&meta)? {
             Some(outcome) => {
-                return Ok(SetReport {
+                return Ok(SetPlan::Done(SetReport {
                     l1: outcome,
                     l2: L2Write::None,
-                })
+                }))
             }
             None => self.store.insert(Arc::new(Entry::new(
                 Arc::from(key),
@@ -431,18 +463,18 @@ impl Cache {
             ))),
         };
         let Some(r) = &self.remote else {
-            return Ok(SetReport {
+            return Ok(SetPlan::Done(SetReport {
                 l1,
                 l2: L2Write::None,
-            });
+            }));
         };
         if value.len() > r.max_value {
             Metrics::inc(&r.metrics.too_large);
             let first = !r.warned_too_large.swap(true, Ordering::Relaxed);
-            return Ok(SetReport {
+            return Ok(SetPlan::Done(SetReport {
                 l1,
                 l2: L2Write::TooLarge { first },
-            });
+            }));
         }
         let envelope = match envelope::encode(
             &EnvelopeMeta {
@@ -464,17 +496,38 @@ impl Cache {
         };
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
         let ttl = Duration::from_secs_f64((remaining_ms / 1000.0).clamp(0.001, 1e9)).min(r.max_ttl);
-        let l2 = match r.l2.set_entry(key, &envelope, ttl).await {
-            Ok(()) => {
-                Metrics::inc(&r.metrics.writes);
-                L2Write::Written
-            }
-            Err(_) => {
-                Metrics::inc(&r.metrics.write_errors);
-                L2Write::Failed
-            }
+        Ok(SetPlan::Write { l1, envelope, ttl })
+    }
+
+    /// Counts the outcome of an L2 write planned by [`Cache::plan_set`] and reports the set.
+    pub fn finish_set(&self, l1: SetOutcome, written: bool) -> SetReport {
+        let Some(r) = &self.remote else {
+            return SetReport {
+                l1,
+                l2: L2Write::None,
+            };
         };
-        Ok(SetReport { l1, l2 })
+        if written {
+            Metrics::inc(&r.metrics.writes);
+        } else {
+            Metrics::inc(&r.metrics.write_errors);
+        }
+        SetReport {
+            l1,
+            l2: if written {
+                L2Write::Written
+            } else {
+                L2Write::Failed
+            },
+        }
+    }
+
+    /// Whether a `set` may be made outside [`Cache::set`] (the event-loop path): there is an L2
+    /// and the clock offset to Redis is known.
+    pub fn direct_write_ready(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.clock_synced.load(Ordering::Acquire))
     }
 
     /// `updateTags` without L2 (synchronous).

@@ -600,9 +600,7 @@ impl L2 {
     /// Stores `value` under Next key `key` for `ttl`, clamped to `[1 ms, max_ttl]` (rounded up
     /// to whole ms).
     pub async fn set_entry(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let ttl_ms = u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
-            .unwrap_or(u64::MAX)
-            .clamp(1, self.inner.max_ttl_ms);
+        let ttl_ms = self.ttl_ms(ttl);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.inner.keys.entry(key))
             .arg(value)
@@ -613,6 +611,30 @@ impl L2 {
             Value::SimpleString(s) if s == "OK" => Ok(()),
             other => Err(unexpected("SET", &other)),
         }
+    }
+
+    /// `ttl` in whole ms, rounded up, clamped to `[1 ms, max_ttl]`.
+    fn ttl_ms(&self, ttl: Duration) -> u64 {
+        u64::try_from(ttl.as_nanos().div_ceil(1_000_000))
+            .unwrap_or(u64::MAX)
+            .clamp(1, self.inner.max_ttl_ms)
+    }
+
+    /// Appends the `SET` of [`L2::set_entry`] to `out` (RESP), for a connection outside the
+    /// client library (the event-loop path). Its reply is `+OK`.
+    pub fn encode_set(&self, out: &mut Vec<u8>, key: &str, value: &[u8], ttl: Duration) {
+        let entry_key = self.inner.keys.entry(key);
+        let ttl_ms = self.ttl_ms(ttl).to_string();
+        resp::encode_command(
+            out,
+            &[
+                b"SET",
+                entry_key.as_bytes(),
+                value,
+                b"PX",
+                ttl_ms.as_bytes(),
+            ],
+        );
     }
 
     /// Deletes the entry of Next key `key` (for garbage found under it; `UNLINK`, so a large
