@@ -80,7 +80,8 @@ describe('L2 reads on the event loop', () => {
     const s0 = (await writer.call('stats')).l2
     await writer.call('setMany', { items })
     const s1 = (await writer.call('stats')).l2
-    expect(s1.directWrites - s0.directWrites).toBe(items.length)
+    // Values up to 64 KiB go over the event loop; larger ones through the runtime.
+    expect(s1.directWrites - s0.directWrites).toBe(items.filter((x) => x.size <= 65536).length)
     expect(s1.writes - s0.writes).toBe(items.length)
     expect(s1.writeErrors).toBe(0)
     expect(await reader.call('getMany', { items })).toEqual(items.map((x) => ({ size: x.size, exact: true })))

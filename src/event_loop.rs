@@ -67,6 +67,11 @@ pub static DIRECT_REFRESHES: AtomicU64 = AtomicU64::new(0);
 /// Entry writes (`SET`) made by this path (all environments).
 pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
 
+/// Larger values are written through the runtime: encoding the envelope (a copy and a CRC)
+/// and sending it then happen off Node's thread, on the other cores (measured: 64 writes of
+/// 1 MB in flight, 0.57× ioredis' throughput on this thread vs 0.84× through the runtime).
+const DIRECT_SET_MAX: usize = 64 * 1024;
+
 /// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
@@ -317,7 +322,7 @@ pub fn try_set(
     chunks: Chunks,
     meta: EntryMeta,
 ) -> JsResult<SetTry> {
-    if !g.cache.direct_write_ready() {
+    if !g.cache.direct_write_ready() || chunks.0.len() > DIRECT_SET_MAX {
         return Ok(SetTry::NotTaken(chunks, meta));
     }
     let mut args = Some((chunks, meta));
