@@ -239,6 +239,21 @@ struct Done {
 
 type RefreshGate = tokio::sync::MutexGuard<'static, ()>;
 
+impl Done {
+    /// Calls that never got a request of their own (no permit, no deadline), failing with `why`.
+    fn unsent(what: What, why: Failure) -> Done {
+        Done {
+            pending: Pending {
+                what,
+                permit: None,
+                deadline: 0,
+            },
+            outcome: Err(why),
+            gate: None,
+        }
+    }
+}
+
 /// Tries the event-loop path for `get(key, softTags)` after an L1 miss. `Ok(None)`: not
 /// available right now (no direct connection yet, breaker open, …), use the runtime.
 pub fn try_get(
@@ -662,18 +677,11 @@ impl State {
             .collect();
         let waiting = std::mem::take(&mut conn.waiting);
         if !waiting.is_empty() {
-            done.push(Done {
-                pending: Pending {
-                    what: What::Refresh {
-                        deferreds: waiting,
-                        covered: 0,
-                    },
-                    permit: None,
-                    deadline: 0,
-                },
-                outcome: Err(why),
-                gate: None,
-            });
+            let what = What::Refresh {
+                deferreds: waiting,
+                covered: 0,
+            };
+            done.push(Done::unsent(what, why));
         }
         done
     }
@@ -956,17 +964,10 @@ fn finish_dispatch() {
         }
         let to_runtime = std::mem::take(&mut state.to_runtime);
         if !to_runtime.is_empty() {
-            done.push(Done {
-                pending: Pending {
-                    what: What::ToRuntime {
-                        deferreds: to_runtime,
-                    },
-                    permit: None,
-                    deadline: 0,
-                },
-                outcome: Err(Failure::Broken),
-                gate: None,
-            });
+            let what = What::ToRuntime {
+                deferreds: to_runtime,
+            };
+            done.push(Done::unsent(what, Failure::Broken));
         }
         Some((state.env, done))
     }) {
