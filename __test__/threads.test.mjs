@@ -31,7 +31,7 @@ it('a worker thread shares the process store and works through the fallback path
     new Promise((resolve) => worker.once('message', resolve)),
     new Promise((resolve) => worker.once('exit', resolve)),
   ])
-  expect(msg).toEqual({ fromMain: 'from main', twice: 'from main' })
+  expect(msg).toEqual({ fromMain: 'from main', twice: 'from main', direct: { refreshes: 1, writes: 1 } })
   const fromWorker = await h.get('worker', [])
   let text = ''
   for await (const c of fromWorker.value) text += new TextDecoder().decode(c)
@@ -40,4 +40,9 @@ it('a worker thread shares the process store and works through the fallback path
   await h.refreshTags()
   expect(await h.getExpiration(['t2'])).toBeGreaterThan(0)
   expect(Number(await redis.cli('HEXISTS', `{sc:${ns}:tags}:state`, 't2'))).toBe(1)
+  // The worker's entry went to Redis over its own connection, which its exit closed; the main
+  // thread's path is unaffected.
+  expect((await redis.cli('--scan', '--pattern', `sc:${ns}:e:*`)).trim().split('\n')).toHaveLength(3)
+  await h.set('after-worker', Promise.resolve(entry('still fine')))
+  expect(await h.get('after-worker', [])).toBeDefined()
 })
