@@ -24,7 +24,7 @@
 //                    (+10 000 unrelated), with Redis' own view (SLOWLOG, INFO commandstats).
 // See bench/RESULTS.md ("Redis L2") for what is measured and how to read it.
 import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdirSync, existsSync, rmSync } from 'node:fs';
+import { readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -32,6 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { runInterleaved, summarize, thirds, timerOverheadNs } from './lib/engine.mjs';
 import { ROOT, addonInfo, streamOf, readNoCopy, cacheKey, entryOf, SOFT_TAGS, PROFILE } from './lib/contenders.mjs';
+import { saveRaw, writeSection } from './lib/report.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
@@ -1021,22 +1022,12 @@ if (targets.length) {
 const report = out.join('\n');
 console.log('\n' + report);
 
-mkdirSync(path.join(HERE, 'results'), { recursive: true });
-const rawFile = path.join(HERE, 'results', `l2-${env.date.replace(/[:.]/g, '-')}${QUICK ? '-quick' : ''}.json`);
-writeFileSync(rawFile, JSON.stringify({ env, T, sizes: SIZES, addon, results }, null, 1));
-console.log(`raw numbers: ${path.relative(ROOT, rawFile)}`);
-
-const write = flag('write') || (!QUICK && !flag('no-write'));
-if (write) {
-  const file = path.join(HERE, 'RESULTS.md');
-  const BEGIN = '<!-- BEGIN GENERATED L2 by bench/l2.mjs: everything up to END GENERATED L2 is overwritten -->';
-  const END = '<!-- END GENERATED L2 -->';
-  const prev = existsSync(file) ? readFileSync(file, 'utf8') : '# strata-cache bench results\n\n';
-  const i = prev.indexOf(BEGIN);
-  const j = prev.indexOf(END);
-  if (i < 0 || j < i) throw new Error(`bench/RESULTS.md lacks the L2 markers (${BEGIN} … ${END}); add them where the L2 section goes`);
-  writeFileSync(file, `${prev.slice(0, i)}${BEGIN}\n\n${report}\n${END}${prev.slice(j + END.length)}`);
-  console.log(`wrote ${path.relative(ROOT, file)} (L2 section)`);
-} else {
-  console.log(`bench/RESULTS.md not written (${QUICK ? 'quick run; pass --write to record it' : '--no-write'})`);
-}
+saveRaw('l2-', env.date, QUICK, { env, T, sizes: SIZES, addon, results });
+writeSection({
+  write: flag('write') || (!QUICK && !flag('no-write')),
+  quick: QUICK,
+  begin: '<!-- BEGIN GENERATED L2 by bench/l2.mjs: everything up to END GENERATED L2 is overwritten -->',
+  end: '<!-- END GENERATED L2 -->',
+  report,
+  what: 'L2 section',
+});

@@ -130,6 +130,13 @@ thread_local! {
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 
+/// Where this path connects: the process's one L2, when it is a single server over plain TCP
+/// with RESP2 (worked out once; `None` leaves everything on the runtime).
+fn target(l2: &strata_core::l2::L2) -> Option<&'static DirectTarget> {
+    static TARGET: OnceLock<Option<DirectTarget>> = OnceLock::new();
+    TARGET.get_or_init(|| l2.direct_target()).as_ref()
+}
+
 /// `STRATA_L2_DIRECT_READS=0` turns the path off (read once per process).
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -147,7 +154,7 @@ struct State {
     /// For the callback scope that settles promises from a libuv callback.
     async_ctx: sys::napi_async_context,
     resource: sys::napi_ref,
-    target: DirectTarget,
+    target: &'static DirectTarget,
     link: Link,
     /// Bumped for every connection; a callback of an older one is ignored.
     generation: u64,
@@ -378,7 +385,7 @@ pub fn try_set(
     }
 }
 
-/// What a request maker did./// What a request maker did.
+/// What a request maker did.
 enum Made {
     /// A new request, encoded: track it.
     Request(What, Permit, RawValue),
@@ -410,7 +417,7 @@ where
     let taken = STATE.with(|cell| -> JsResult<Option<(RawValue, Vec<Done>)>> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let Some(target) = l2.direct_target() else {
+            let Some(target) = target(l2) else {
                 return Ok(None);
             };
             *slot = Some(State::new(raw, target)?);
@@ -459,7 +466,7 @@ fn check(status: sys::napi_status) -> JsResult<()> {
 }
 
 impl State {
-    fn new(env: sys::napi_env, target: DirectTarget) -> JsResult<State> {
+    fn new(env: sys::napi_env, target: &'static DirectTarget) -> JsResult<State> {
         let mut lp = ptr::null_mut();
         let mut resource = ptr::null_mut();
         let mut name = ptr::null_mut();
@@ -518,10 +525,10 @@ impl State {
                 }
                 let slot = Arc::new(Mutex::new(None));
                 let done = Arc::clone(&slot);
-                let target = self.target.clone();
+                let target = self.target;
                 spawn(async move {
                     let Some(l2) = g.cache.l2() else { return };
-                    let result = l2.open_direct(&target).await;
+                    let result = l2.open_direct(target).await;
                     *done.lock() = Some(result);
                 });
                 self.link = Link::Connecting(slot);
@@ -695,8 +702,8 @@ impl Conn {
         l2: &strata_core::l2::L2,
         deferreds: Vec<sys::napi_deferred>,
     ) -> What {
-        let covered = g.cache.register_direct_refresh();
-        let args = l2.refresh_command(&g.cache.refresh_cursor());
+        let (covered, cursor) = g.cache.start_direct_refresh();
+        let args = l2.refresh_command(&cursor);
         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         resp::encode_command(&mut self.out, &args);
         self.refreshes += 1;

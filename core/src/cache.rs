@@ -686,20 +686,23 @@ impl Cache {
         r.refresh_gate.try_lock().ok()
     }
 
-    /// Registers a `refreshTags` call served by a direct read that has not been sent yet;
-    /// returns the count of calls its read covers.
-    pub fn register_direct_refresh(&self) -> u64 {
-        let Some(r) = &self.remote else { return 0 };
-        r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1
+    /// Registers a `refreshTags` call that joins a direct read of the log not sent yet.
+    pub fn register_direct_refresh(&self) {
+        if let Some(r) = &self.remote {
+            r.refresh_requested.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
-    /// The cursor a direct read of the log starts from (counted as a refresh).
-    pub fn refresh_cursor(&self) -> LogCursor {
+    /// Starts a direct read of the log (counted as a refresh) for one `refreshTags` call:
+    /// returns how many calls it covers (for [`Cache::finish_direct_refresh`]) and the cursor
+    /// to read from.
+    pub fn start_direct_refresh(&self) -> (u64, LogCursor) {
         let Some(r) = &self.remote else {
-            return LogCursor::default();
+            return (0, LogCursor::default());
         };
         Metrics::inc(&r.metrics.refreshes);
-        r.cursor.lock().clone()
+        let covered = r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        (covered, r.cursor.lock().clone())
     }
 
     /// A direct refresh covering `covered` calls ended (`ok`: its read was applied).

@@ -151,11 +151,6 @@ impl Reader {
         }
     }
 
-    /// Whether bytes of an unfinished reply are held.
-    pub fn is_mid_reply(&self) -> bool {
-        self.direct.is_some() || self.start < self.buf.len()
-    }
-
     /// The next complete reply, if it has arrived.
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ProtocolError> {
         if let Some(d) = &self.direct {
@@ -176,7 +171,7 @@ impl Reader {
         let avail = &self.buf[self.start..];
         // A top-level bulk string that is long and incomplete switches to a direct read.
         if avail.first() == Some(&b'$') {
-            if let Some((_, header)) = line(avail)? {
+            if let Some(header) = line(avail)? {
                 let len = parse_int(&avail[1..header - 2])?;
                 if len >= 0 {
                     let len = usize::try_from(len).map_err(|_| ProtocolError("bulk length"))?;
@@ -218,11 +213,11 @@ impl Reader {
     }
 }
 
-/// `Some((_, end))` where `end` is just past the `\r\n` of the first line of `buf`.
-fn line(buf: &[u8]) -> Result<Option<(usize, usize)>, ProtocolError> {
+/// Just past the `\r\n` that ends the first line of `buf`, once it has arrived.
+fn line(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
     let scan = &buf[..buf.len().min(MAX_LINE)];
     match scan.windows(2).position(|w| w == b"\r\n") {
-        Some(i) => Ok(Some((i, i + 2))),
+        Some(i) => Ok(Some(i + 2)),
         None if buf.len() >= MAX_LINE => Err(ProtocolError("header line too long")),
         None => Ok(None),
     }
@@ -240,7 +235,7 @@ fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolErr
     if depth > MAX_DEPTH {
         return Err(ProtocolError("arrays nested too deep"));
     }
-    let Some((_, header)) = line(buf)? else {
+    let Some(header) = line(buf)? else {
         return Ok(None);
     };
     let body = &buf[1..header - 2];
@@ -336,7 +331,7 @@ mod tests {
                 Reply::Bulk(Bytes::new()),
             ]
         );
-        assert!(!r.is_mid_reply());
+        assert_eq!(r.next_reply().unwrap(), None);
     }
 
     #[test]

@@ -1,15 +1,5 @@
-import { Suspense } from 'react'
-import { connection } from 'next/server'
-import { getProducts } from '@/lib/cached'
+import { Products } from '@/lib/products'
 import { refreshProducts } from './actions'
-
-// `connection()` keeps this part out of the prerender: it is read through the cache handler on
-// every request. (Without it `next build` still makes it a dynamic hole because expire < 300 s,
-// but warns "Unexpected cache miss after cache warming phase" for a short-lived cache.)
-async function Products() {
-  await connection()
-  return <code data-testid="products">{await getProducts('action')}</code>
-}
 
 export default function ActionPage() {
   return (
@@ -21,9 +11,7 @@ export default function ActionPage() {
       </p>
       <p>
         products:{' '}
-        <Suspense fallback={<code>loading</code>}>
-          <Products />
-        </Suspense>
+        <Products view="action" />
       </p>
       <form action={refreshProducts}>
         <button type="submit" data-testid="refresh">
