@@ -261,30 +261,40 @@ impl Done {
     }
 }
 
-/// Tries the event-loop path for `get(key, softTags)` after an L1 miss. `Ok(None)`: not
-/// available right now (no direct connection yet, breaker open, …), use the runtime.
+/// Tries the event-loop path for `get(key, softTags)` after an L1 miss. `Err` hands the
+/// arguments back: not available right now (no direct connection yet, breaker open, …), use the
+/// runtime.
 pub fn try_get(
     env: &Env,
     g: &'static Global,
-    key: &str,
-    soft_tags: &[String],
-) -> JsResult<Option<RawValue>> {
+    key: String,
+    soft_tags: Vec<String>,
+) -> JsResult<Result<RawValue, (String, Vec<String>)>> {
     if !g.cache.direct_read_ready() {
-        return Ok(None);
+        return Ok(Err((key, soft_tags)));
     }
-    with_conn(env, g, |conn, l2, raw| {
+    let mut args = Some((key, soft_tags));
+    let taken = with_conn(env, g, |conn, l2, raw| {
         let Some(permit) = l2.breaker().try_acquire() else {
             return Ok(None);
         };
+        let Some((key, soft_tags)) = args.take() else {
+            return Ok(None);
+        };
         let (deferred, promise) = promise(raw)?;
-        resp::encode_command(&mut conn.out, &[b"GET", l2.keys().entry(key).as_bytes()]);
+        resp::encode_command(&mut conn.out, &[b"GET", l2.keys().entry(&key).as_bytes()]);
         let what = What::Get {
             deferred,
-            key: key.to_owned(),
-            soft_tags: soft_tags.to_vec(),
+            key,
+            soft_tags,
         };
         Ok(Some(Made::Request(what, permit, promise)))
-    })
+    })?;
+    match (taken, args) {
+        (Some(promise), _) => Ok(Ok(promise)),
+        (None, Some(args)) => Ok(Err(args)),
+        (None, None) => Err(internal("get: arguments consumed without a promise")),
+    }
 }
 
 /// Tries the event-loop path for `refreshTags()`: one `EVALSHA` of the log read, shared by every

@@ -383,9 +383,10 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
         Lookup::Miss => {}
         hit => return js_entry::lookup_value(&env, g.cache.store(), hit),
     }
-    if let Some(promise) = event_loop::try_get(&env, g, &key, &soft_tags)? {
-        return Ok(promise);
-    }
+    let (key, soft_tags) = match event_loop::try_get(&env, g, key, soft_tags)? {
+        Ok(promise) => return Ok(promise),
+        Err(args) => args,
+    };
     let fut = async move {
         let lookup = g.cache.get_remote(&key, &soft_tags).await;
         let settle: bridge::Settle =
