@@ -41,6 +41,8 @@ function toStrataError(err) {
 const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
 /** cacheKey -> promise of the `set` in flight (a `get` of that key waits for it). */
 const pendingSets = new Map()
+/** L2 reads awaiting Redis (decides when a get builds its stream). */
+let readsInFlight = 0
 const warned = new Set()
 let resolved = null
 let l2 = false
@@ -233,12 +235,19 @@ function createUseCacheHandler(options) {
           const soft = Array.isArray(softTags) && softTags.every((t) => typeof t === 'string') ? softTags : []
           hit = native.ucGetL2(cacheKey, soft)
           if (hit instanceof Promise) {
-            // Build the stream during the round trip (it costs about as much as the JS side of
-            // a Redis read); on a miss it is dropped unused.
+            // Alone, a read builds its stream during the round trip, while the thread would
+            // otherwise wait (on a miss it is dropped unused). With other reads in flight the
+            // thread is busy anyway, and a stream built early costs more than one built after
+            // (bench/RESULTS.md): build it after the reply.
             let controller
-            value = new ReadableStream({ start(c) { controller = c } })
-            hit = await hit
-            if (hit !== null) {
+            if (readsInFlight === 0) value = new ReadableStream({ start(c) { controller = c } })
+            readsInFlight++
+            try {
+              hit = await hit
+            } finally {
+              readsInFlight--
+            }
+            if (hit !== null && controller !== undefined) {
               controller.enqueue((Array.isArray(hit) ? hit[0] : hit).value)
               controller.close()
             }

@@ -48,6 +48,8 @@ const MiB = 1024 * 1024;
 const QUICK = flag('quick');
 const SIZES = (opt('sizes') || '1024,16384,262144,1048576').split(',').map(Number);
 const sizeName = (n) => (n >= MiB ? `${n / MiB} MB` : `${n / 1024} KB`);
+// A baseline: ioredis getBuffer wrapped in the entry and stream Next requires of a handler.
+const IO_STREAM = 'ioredis + stream';
 const PARTS = new Set((opt('parts') || 'rw,c64,cold,tags,compress').split(','));
 const OURS_INDEX = opt('ours') ? path.resolve(opt('ours')) : path.join(ROOT, 'index.js');
 const OURS_DIR = path.dirname(OURS_INDEX);
@@ -236,6 +238,13 @@ async function childRw() {
     return e ? (await readNoCopy(e.value)).bytes : -1;
   };
   const getIo = (client, s) => async () => (await client.getBuffer(plainKey('get', s))).byteLength;
+  // The least any JS handler built on ioredis does per hit: wrap the bytes in the entry Next
+  // expects (a ReadableStream over them, read the same way as ours). No envelope, no tag checks.
+  const getIoStream = (client, s) => async () => {
+    const b = await client.getBuffer(plainKey('get', s));
+    const e = { value: streamOf(b), tags: ['products', 'bench'], stale: PROFILE.stale, timestamp: 0, expire: PROFILE.expire, revalidate: PROFILE.revalidate };
+    return (await readNoCopy(e.value)).bytes;
+  };
   const seqGroups = [];
   for (const s of MY) {
     seqGroups.push({
@@ -243,6 +252,7 @@ async function childRw() {
       cells: [
         { id: 'ours', op: getOurs(s), prep: () => cacheKey('get', s), check: expectBytes(s) },
         { id: 'ioredis', op: getIo(io, s), check: expectBytes(s) },
+        { id: IO_STREAM, op: getIoStream(io, s), check: expectBytes(s) },
         {
           id: 'native.ucGetL2', prep: () => cacheKey('get', s), check: expectBytes(s),
           op: async (key) => { counters.gets++; const r = await native.ucGetL2(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
@@ -315,6 +325,7 @@ async function childRw() {
           { id: 'ours', op: getOurs(s), prep: () => cacheKey('get', s), check: expectBytes(s) },
           { id: 'ioredis', op: getIo(io, s), check: expectBytes(s) },
           { id: 'ioredis autoPipelining', op: getIo(ioAP, s), check: expectBytes(s) },
+          { id: IO_STREAM, op: getIoStream(io, s), check: expectBytes(s) },
           {
             id: 'native.ucGetL2', prep: () => cacheKey('get', s), check: expectBytes(s),
             op: async (key) => { counters.gets++; const r = await native.ucGetL2(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
@@ -799,13 +810,16 @@ const rw = results.rw;
 if (rw?.seq) {
   line('### L2 hit: `get` + reading the stream (reader loop, no copy) vs ioredis `getBuffer`, one in flight');
   line();
-  line('| size | ours p50 / p99 / mean µs | ioredis p50 / p99 / mean µs | **ours/ioredis p50** (per-third range) | ours/ioredis mean | ours p99/p50 | ioredis p99/p50 |');
-  line('|---|---|---|---|---|---|---|');
+  line('| size | ours p50 / p99 / mean µs | ioredis p50 / p99 / mean µs | **ours/ioredis p50** (per-third range) | ours/ioredis mean | ours p99/p50 | ioredis p99/p50 | ioredis + stream p50 / p99 µs | **ours/(ioredis + stream) p50** (per-third range) |');
+  line('|---|---|---|---|---|---|---|---|---|');
   for (const g of rw.seq.filter((g) => g.kind === 'get')) {
     const o = cellOf(g, 'ours');
     const b = cellOf(g, 'ioredis');
-    line(`| ${sizeName(g.size)} | ${us(o.p50)} / ${us(o.p99)} / ${us(o.mean)} | ${us(b.p50)} / ${us(b.p99)} / ${us(b.mean)} | **${ratio(o.p50 / b.p50)}** (${rangeOf(o, b)}) | ${ratio(o.mean / b.mean)} | ${ratio(o.p99 / o.p50)} | ${ratio(b.p99 / b.p50)} |`);
+    const w = cellOf(g, IO_STREAM);
+    line(`| ${sizeName(g.size)} | ${us(o.p50)} / ${us(o.p99)} / ${us(o.mean)} | ${us(b.p50)} / ${us(b.p99)} / ${us(b.mean)} | **${ratio(o.p50 / b.p50)}** (${rangeOf(o, b)}) | ${ratio(o.mean / b.mean)} | ${ratio(o.p99 / o.p50)} | ${ratio(b.p99 / b.p50)} | ${us(w.p50)} / ${us(w.p99)} | **${ratio(o.p50 / w.p50)}** (${rangeOf(o, w)}) |`);
   }
+  line();
+  line(`*ioredis + stream*: the same \`getBuffer\`, then the entry object and the \`ReadableStream\` over the bytes that Next requires of a handler, read with the same reader loop: the least any handler written in JS on ioredis does per hit (no envelope, no tag checks).`);
   line();
   line('### L2 `set` (new ReadableStream + `handler.set`, resolves after Redis took it) vs ioredis `set PX`, one in flight');
   line();
@@ -822,12 +836,14 @@ if (rw?.c64) {
   for (const kind of ['get', 'set']) {
     line(`### ${kind === 'get' ? 'L2 hit `get` + read' : 'L2 `set`'}, ${CONC} in flight (one connection each): throughput and per-op latency`);
     line();
-    line('| size | ours ops/s (p50 / p99 ms) | ioredis ops/s (p50 / p99 ms) | ioredis autoPipelining ops/s (p50 / p99 ms) | **ours/ioredis ops/s** | ours/ioredis-AP ops/s |');
-    line('|---|---|---|---|---|---|');
+    const withStream = kind === 'get';
+    line(`| size | ours ops/s (p50 / p99 ms) | ioredis ops/s (p50 / p99 ms) | ioredis autoPipelining ops/s (p50 / p99 ms) | **ours/ioredis ops/s** | ours/ioredis-AP ops/s |${withStream ? ' ioredis + stream ops/s (p50 / p99 ms) | **ours/(ioredis + stream) ops/s** |' : ''}`);
+    line(`|---|---|---|---|---|---|${withStream ? '---|---|' : ''}`);
     for (const g of rw.c64.filter((g) => g.kind === kind)) {
       const [o, b, a] = ['ours', 'ioredis', 'ioredis autoPipelining'].map((id) => cellOf(g, id));
       const f = (c) => `${int(c.throughput)} (${ms(c.p50 / 1e6)} / ${ms(c.p99 / 1e6)})`;
-      line(`| ${sizeName(g.size)} | ${f(o)} | ${f(b)} | ${f(a)} | **${ratio(o.throughput / b.throughput)}** | ${ratio(o.throughput / a.throughput)} |`);
+      const w = withStream ? cellOf(g, IO_STREAM) : null;
+      line(`| ${sizeName(g.size)} | ${f(o)} | ${f(b)} | ${f(a)} | **${ratio(o.throughput / b.throughput)}** | ${ratio(o.throughput / a.throughput)} |${w ? ` ${f(w)} | **${ratio(o.throughput / w.throughput)}** |` : ''}`);
     }
     line();
   }
@@ -965,6 +981,11 @@ if (rw?.seq) {
     const verdict = x <= 1.0 ? 'yes' : Math.min(...per) <= 1.0 ? 'within noise (one third ≤ 1.0×)' : 'no';
     targets.push([`L2 hit ${sizeName(s)}, one in flight: ≤ 1.0× ioredis GET (p50)`, `${us(o.p50)} vs ${us(b.p50)} µs = ${ratio(x)}`, verdict]);
   }
+  for (const s of SIZES) {
+    const o = cellOf(g(s), 'ours');
+    const w = cellOf(g(s), IO_STREAM);
+    targets.push([`(interface floor) L2 hit ${sizeName(s)}, one in flight: ≤ 1.0× ioredis + the stream Next requires (p50)`, `${us(o.p50)} vs ${us(w.p50)} µs = ${ratio(o.p50 / w.p50)}`, o.p50 <= w.p50 ? 'yes' : 'no']);
+  }
   const floors = { 262144: 42, 1048576: 122 };
   for (const s of SIZES.filter((s) => floors[s])) {
     const o = cellOf(g(s), 'ours');
@@ -987,6 +1008,8 @@ if (rw?.c64) {
   if (g) {
     const [o, b, a] = ['ours', 'ioredis', 'ioredis autoPipelining'].map((id) => cellOf(g, id));
     targets.push([`L2 get ${sizeName(SIZES[0])}, ${CONC} in flight: throughput ≥ ioredis`, `${int(o.throughput)} vs ${int(b.throughput)} ops/s = ${ratio(o.throughput / b.throughput)} (vs autoPipelining ${int(a.throughput)}: ${ratio(o.throughput / a.throughput)})`, o.throughput >= b.throughput ? (o.throughput >= a.throughput ? 'yes (both)' : 'yes (not vs autoPipelining)') : 'no']);
+    const w = cellOf(g, IO_STREAM);
+    targets.push([`(interface floor) L2 get ${sizeName(SIZES[0])}, ${CONC} in flight: throughput ≥ ioredis + the stream Next requires`, `${int(o.throughput)} vs ${int(w.throughput)} ops/s = ${ratio(o.throughput / w.throughput)}`, o.throughput >= w.throughput ? 'yes' : 'no']);
     targets.push([`L2 get ${sizeName(SIZES[0])}, ${CONC} in flight: ≥ 5× the best peer (anchors: 22 k/s; not this run)`, `${ratio(o.throughput / 22237)}`, o.throughput >= 5 * 22237 ? 'yes (cross-run)' : 'no (cross-run)']);
   }
 }

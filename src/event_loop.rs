@@ -1113,7 +1113,7 @@ fn settle_get(
     });
     DIRECT_READS.fetch_add(1, Ordering::Relaxed);
     let lookup = g.cache.finish_remote(key, soft_tags, fetched);
-    let value = match js_entry::lookup_value(env, g.cache.store(), lookup) {
+    let value = match js_entry::lookup_value(env, lookup) {
         Ok(v) => v.raw(),
         // Could not build the value (out of memory in V8?): a miss.
         Err(_) => null(env),

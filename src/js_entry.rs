@@ -24,7 +24,7 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use strata_core::entry::Entry;
-use strata_core::store::{Lookup, Store};
+use strata_core::store::Lookup;
 
 use crate::{internal, JsResult};
 
@@ -156,7 +156,9 @@ const OWNER_GONE: usize = usize::MAX;
 /// The environment whose references we hold (as an address), or one of the markers above.
 static OWNER: AtomicUsize = AtomicUsize::new(NO_OWNER);
 /// Entry id → napi reference (as an address) of its shared JS object, in the owner env.
-static VIEWS: Mutex<Option<HashMap<u64, usize>>> = Mutex::new(None);
+static VIEWS: Mutex<Option<Views>> = Mutex::new(None);
+/// Entry ids are sequential numbers, not input: the fast hasher is enough.
+type Views = HashMap<u64, usize, foldhash::fast::RandomState>;
 /// Ids of entries that left L1 since the last drain (pushed from any thread).
 static REMOVED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
@@ -167,7 +169,7 @@ pub fn on_entry_removed(id: u64) {
 
 /// Number of shared entry objects alive in the owner env.
 pub fn live_views() -> usize {
-    VIEWS.lock().as_ref().map_or(0, HashMap::len)
+    VIEWS.lock().as_ref().map_or(0, Views::len)
 }
 
 pub fn is_owner(env: &Env) -> bool {
@@ -265,7 +267,7 @@ pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsRes
         check_js(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
         VIEWS
             .lock()
-            .get_or_insert_with(HashMap::new)
+            .get_or_insert_with(Views::default)
             .insert(entry.id, r as usize);
         // The entry may have left L1 (on another thread) between the check and the insert; its
         // removal was then reported before the reference existed. Check again, now that a
@@ -389,14 +391,14 @@ unsafe fn build_object(
 }
 
 /// `null`, the entry object, or `[entry]` (stale by tag) for a lookup.
-pub fn lookup_value(env: &Env, store: &Store, lookup: Lookup) -> JsResult<RawValue> {
+pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
     match lookup {
         Lookup::Miss => null(env),
         Lookup::Hit {
             entry,
             stale_by_tag,
         } => {
-            let obj = entry_object(env, &entry, || store.holds(&entry))?;
+            let obj = entry_object(env, &entry, || entry.in_l1())?;
             if stale_by_tag {
                 wrap_in_array(env, obj)
             } else {

@@ -367,7 +367,7 @@ pub fn has_l2() -> bool {
 pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
-    js_entry::lookup_value(&env, g.cache.store(), g.cache.get_local(&key))
+    js_entry::lookup_value(&env, g.cache.get_local(&key))
 }
 
 /// With L2: `get(cacheKey, softTags)`. A fresh L1 hit is returned at once (same shape as
@@ -381,7 +381,7 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
     js_entry::release_pending(&env);
     match g.cache.get_local_fresh(&key, &soft_tags) {
         Lookup::Miss => {}
-        hit => return js_entry::lookup_value(&env, g.cache.store(), hit),
+        hit => return js_entry::lookup_value(&env, hit),
     }
     let (key, soft_tags) = match event_loop::try_get(&env, g, key, soft_tags)? {
         Ok(promise) => return Ok(promise),
@@ -389,8 +389,7 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
     };
     let fut = async move {
         let lookup = g.cache.get_remote(&key, &soft_tags).await;
-        let settle: bridge::Settle =
-            Box::new(move |env| js_entry::lookup_value(env, g.cache.store(), lookup));
+        let settle: bridge::Settle = Box::new(move |env| js_entry::lookup_value(env, lookup));
         settle
     };
     bridge::submit(&env, fut)

@@ -1,6 +1,6 @@
 //! A cached `'use cache'` entry: Next's metadata plus the serialized RSC bytes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -64,7 +64,8 @@ impl EntryMeta {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// An entry held in L1. Immutable once built; replaced as a whole on `set`.
+/// An entry held in L1. Immutable once built (but for L1's residency count); replaced as a
+/// whole on `set`.
 #[derive(Debug)]
 pub struct Entry {
     /// Unique per entry object (never reused), so the binding can attach per-entry state.
@@ -77,6 +78,8 @@ pub struct Entry {
     pub meta: EntryMeta,
     /// `meta.timestamp` in the shared (Redis) clock domain: what tag stamps are compared with.
     pub server_ts: f64,
+    /// Times this entry was put into L1 minus times L1 reported it gone (see [`Entry::in_l1`]).
+    residency: AtomicU32,
 }
 
 impl Entry {
@@ -88,7 +91,28 @@ impl Entry {
             value,
             meta,
             server_ts,
+            residency: AtomicU32::new(0),
         }
+    }
+
+    /// Whether L1 holds this very entry (not merely one under its key), without a lookup:
+    /// L1 counts each insert and each removal it reports. An entry that expired but was not
+    /// yet swept still counts as held; its removal is reported when it is swept.
+    pub fn in_l1(&self) -> bool {
+        self.residency.load(Ordering::Acquire) > 0
+    }
+
+    /// Called by L1 before inserting this entry.
+    pub(crate) fn entered_l1(&self) {
+        self.residency.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Called by L1 when it reports this entry removed (evicted, replaced, expired, invalidated).
+    pub(crate) fn left_l1(&self) {
+        // Saturating: a removal is never reported without its insert, but never wrap if it were.
+        let _ = self
+            .residency
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Bytes this entry is charged in L1: value + key + tags + fixed overhead.

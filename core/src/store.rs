@@ -140,11 +140,6 @@ impl Store {
         lookup
     }
 
-    /// Whether L1 holds this very entry (not an older or newer one under its key).
-    pub fn holds(&self, entry: &Entry) -> bool {
-        self.l1.get(&entry.key).is_some_and(|e| e.id == entry.id)
-    }
-
     /// The L1 entry of `key`, without applying any rule.
     pub fn peek(&self, key: &str) -> Option<Arc<Entry>> {
         self.l1.get(key)
