@@ -50,6 +50,16 @@ const SIZES = (opt('sizes') || '1024,16384,262144,1048576').split(',').map(Numbe
 const sizeName = (n) => (n >= MiB ? `${n / MiB} MB` : `${n / 1024} KB`);
 // A baseline: ioredis getBuffer wrapped in the entry and stream Next requires of a handler.
 const IO_STREAM = 'ioredis + stream';
+/**
+ * The least any JS handler built on ioredis does per hit: wrap the bytes in the entry Next
+ * expects (a ReadableStream over them) and read it the same way as ours. No envelope, no tag
+ * checks. Returns the number of bytes read.
+ */
+async function ioredisAsEntry(client, key) {
+  const b = await client.getBuffer(key);
+  const e = { value: streamOf(b), tags: ['products', 'bench'], stale: PROFILE.stale, timestamp: 0, expire: PROFILE.expire, revalidate: PROFILE.revalidate };
+  return (await readNoCopy(e.value)).bytes;
+}
 const PARTS = new Set((opt('parts') || 'rw,c64,cold,tags,compress').split(','));
 const OURS_INDEX = opt('ours') ? path.resolve(opt('ours')) : path.join(ROOT, 'index.js');
 const OURS_DIR = path.dirname(OURS_INDEX);
@@ -238,13 +248,7 @@ async function childRw() {
     return e ? (await readNoCopy(e.value)).bytes : -1;
   };
   const getIo = (client, s) => async () => (await client.getBuffer(plainKey('get', s))).byteLength;
-  // The least any JS handler built on ioredis does per hit: wrap the bytes in the entry Next
-  // expects (a ReadableStream over them, read the same way as ours). No envelope, no tag checks.
-  const getIoStream = (client, s) => async () => {
-    const b = await client.getBuffer(plainKey('get', s));
-    const e = { value: streamOf(b), tags: ['products', 'bench'], stale: PROFILE.stale, timestamp: 0, expire: PROFILE.expire, revalidate: PROFILE.revalidate };
-    return (await readNoCopy(e.value)).bytes;
-  };
+  const getIoStream = (client, s) => () => ioredisAsEntry(client, plainKey('get', s));
   const seqGroups = [];
   for (const s of MY) {
     seqGroups.push({
@@ -486,6 +490,7 @@ async function childCold() {
     const plain = plainKey('cold', s);
     const ours = [];
     const base = [];
+    const wrapped = [];
     let i = 0;
     const one = async (store) => {
       const k = coldKey(s, i++);
@@ -505,8 +510,15 @@ async function childCold() {
         if (r.byteLength !== s) throw new Error('cold: ioredis length');
         if (store) base.push(Number(t1 - t0));
       };
-      // Alternate the order op by op (A,B then B,A).
-      if (i & 1) { await a(); await b(); } else { await b(); await a(); }
+      const c = async () => {
+        const t0 = now();
+        const n = await ioredisAsEntry(io, plain);
+        const t1 = now();
+        if (n !== s) throw new Error('cold: ioredis + stream length');
+        if (store) wrapped.push(Number(t1 - t0));
+      };
+      // Alternate the order op by op (A,B,C then C,B,A).
+      if (i & 1) { await a(); await b(); await c(); } else { await c(); await b(); await a(); }
     };
     for (let w = 0; w < 64; w++) await one(false); // warm-up
     if (gc) gc();
@@ -514,7 +526,7 @@ async function childCold() {
       if (gc && j % 64 === 0) gc({ type: 'minor' });
       await one(true);
     }
-    out.seq.push({ size: s, n, ours: summarize(ours), ioredis: summarize(base) });
+    out.seq.push({ size: s, n, ours: summarize(ours), ioredis: summarize(base), ioredisStream: summarize(wrapped) });
   }
   // 64 in flight, smallest size: slices alternate ours (fresh keys) and ioredis.
   const s = SIZES[0];
@@ -524,10 +536,11 @@ async function childCold() {
   const cells = {
     ours: { lat: [], ops: 0, ns: 0, cpuUs: 0, op: async () => { const k = coldKey(s, next++); const e = await h.get(k, SOFT_TAGS); gets++; return e ? (await readNoCopy(e.value)).bytes : -1; } },
     ioredis: { lat: [], ops: 0, ns: 0, cpuUs: 0, op: async () => (await io.getBuffer(plain)).byteLength },
+    ioredisStream: { lat: [], ops: 0, ns: 0, cpuUs: 0, op: () => ioredisAsEntry(io, plain) },
   };
   const sliceNs = BigInt(T.cold.c64SliceMs * 1e6);
   for (let r = 0; next + CONC * 50 < limit && r < 40; r++) {
-    for (const name of (r & 1) ? ['ioredis', 'ours'] : ['ours', 'ioredis']) {
+    for (const name of (r & 1) ? ['ioredisStream', 'ioredis', 'ours'] : ['ours', 'ioredis', 'ioredisStream']) {
       const c = cells[name];
       if (gc) gc({ type: 'minor' });
       const cpu0 = process.cpuUsage();
@@ -897,17 +910,19 @@ if (cold) {
   line();
   line(`Distinct keys written beforehand by another process; each read once, alternating with an ioredis GET op by op (order flipped every op). \`stats()\`: ${int(cold.counters.l2Hits)} L2 hits for ${int(cold.counters.gets)} gets, ${cold.counters.l1Hits} L1 hits; afterwards L1 held ${int(cold.counters.l1Entries)} entries (${int(cold.counters.evictions)} evicted) and ${int(cold.mem.jsViews)} live views, RSS ${(cold.mem.rss / MiB).toFixed(0)} MB.`);
   line();
-  line('| size | reads | ours p50 / p99 / mean µs | ioredis p50 / p99 / mean µs | **ours/ioredis p50** | ours/ioredis mean | same-size ours p50 with `l1MaxBytes: 1` (table above) |');
-  line('|---|---|---|---|---|---|---|');
+  line('| size | reads | ours p50 / p99 / mean µs | ioredis p50 / p99 / mean µs | **ours/ioredis p50** | ours/ioredis mean | ioredis + stream p50 / p99 µs | **ours/(ioredis + stream) p50** | same-size ours p50 with `l1MaxBytes: 1` (table above) |');
+  line('|---|---|---|---|---|---|---|---|---|');
   for (const r of cold.seq) {
     const o = r.ours;
     const b = r.ioredis;
+    const w = r.ioredisStream;
     const ref = rw?.seq?.find((x) => x.kind === 'get' && x.size === r.size);
-    line(`| ${sizeName(r.size)} | ${int(r.n)} | ${us(o.p50)} / ${us(o.p99)} / ${us(o.mean)} | ${us(b.p50)} / ${us(b.p99)} / ${us(b.mean)} | **${ratio(o.p50 / b.p50)}** | ${ratio(o.mean / b.mean)} | ${ref ? us(cellOf(ref, 'ours').p50) : '–'} |`);
+    line(`| ${sizeName(r.size)} | ${int(r.n)} | ${us(o.p50)} / ${us(o.p99)} / ${us(o.mean)} | ${us(b.p50)} / ${us(b.p99)} / ${us(b.mean)} | **${ratio(o.p50 / b.p50)}** | ${ratio(o.mean / b.mean)} | ${us(w.p50)} / ${us(w.p99)} | **${ratio(o.p50 / w.p50)}** | ${ref ? us(cellOf(ref, 'ours').p50) : '–'} |`);
   }
   line();
   const c = cold.c64;
-  line(`${CONC} in flight, ${sizeName(c.size)}, first reads: ours ${int(c.ours.throughput)} ops/s (p50 ${ms(c.ours.p50 / 1e6)} ms, p99 ${ms(c.ours.p99 / 1e6)} ms, Node CPU ${c.ours.cpuUsPerOp.toFixed(1)} µs/op) vs ioredis ${int(c.ioredis.throughput)} ops/s (p50 ${ms(c.ioredis.p50 / 1e6)} ms, p99 ${ms(c.ioredis.p99 / 1e6)} ms, ${c.ioredis.cpuUsPerOp.toFixed(1)} µs/op): **${ratio(c.ours.throughput / c.ioredis.throughput)}**.`);
+  line(`${CONC} in flight, ${sizeName(c.size)}, first reads: ours ${int(c.ours.throughput)} ops/s (p50 ${ms(c.ours.p50 / 1e6)} ms, p99 ${ms(c.ours.p99 / 1e6)} ms, Node CPU ${c.ours.cpuUsPerOp.toFixed(1)} µs/op) vs ioredis ${int(c.ioredis.throughput)} ops/s (p50 ${ms(c.ioredis.p50 / 1e6)} ms, p99 ${ms(c.ioredis.p99 / 1e6)} ms, ${c.ioredis.cpuUsPerOp.toFixed(1)} µs/op): **${ratio(c.ours.throughput / c.ioredis.throughput)}**`
+    + (c.ioredisStream ? `; vs ioredis + stream ${int(c.ioredisStream.throughput)} ops/s (${c.ioredisStream.cpuUsPerOp.toFixed(1)} µs/op): **${ratio(c.ours.throughput / c.ioredisStream.throughput)}**.` : '.'));
   line();
 }
 if (rw?.children) {
@@ -1016,6 +1031,7 @@ if (rw?.c64) {
 if (cold) {
   for (const r of cold.seq.filter((x) => x.size <= 16384)) {
     targets.push([`(production path) L2 first read ${sizeName(r.size)}, one in flight: ≤ 1.0× ioredis GET (p50)`, `${us(r.ours.p50)} vs ${us(r.ioredis.p50)} µs = ${ratio(r.ours.p50 / r.ioredis.p50)}`, r.ours.p50 <= r.ioredis.p50 ? 'yes' : 'no']);
+    if (r.ioredisStream) targets.push([`(production path, interface floor) L2 first read ${sizeName(r.size)}, one in flight: ≤ 1.0× ioredis + the stream Next requires (p50)`, `${us(r.ours.p50)} vs ${us(r.ioredisStream.p50)} µs = ${ratio(r.ours.p50 / r.ioredisStream.p50)}`, r.ours.p50 <= r.ioredisStream.p50 ? 'yes' : 'no']);
   }
   const floors = { 262144: 42, 1048576: 122 };
   for (const r of cold.seq.filter((x) => floors[x.size])) {
@@ -1024,6 +1040,7 @@ if (cold) {
   }
   const c = cold.c64;
   targets.push([`(production path) L2 first reads ${sizeName(c.size)}, ${CONC} in flight: throughput ≥ ioredis`, `${int(c.ours.throughput)} vs ${int(c.ioredis.throughput)} ops/s = ${ratio(c.ours.throughput / c.ioredis.throughput)}`, c.ours.throughput >= c.ioredis.throughput ? 'yes' : 'no']);
+  if (c.ioredisStream) targets.push([`(production path, interface floor) L2 first reads ${sizeName(c.size)}, ${CONC} in flight: throughput ≥ ioredis + the stream Next requires`, `${int(c.ours.throughput)} vs ${int(c.ioredisStream.throughput)} ops/s = ${ratio(c.ours.throughput / c.ioredisStream.throughput)}`, c.ours.throughput >= c.ioredisStream.throughput ? 'yes' : 'no']);
 }
 if (tagRows.length) {
   const worst = Math.max(...tagRows.map((r) => r.p50));
