@@ -4,7 +4,9 @@
 //! whose `value` is an *external* Buffer over the entry's Rust-owned bytes (the finalizer drops
 //! a refcount on them). The object is created on the entry's first hit and kept alive by a napi
 //! reference until the entry leaves L1; every hit hands out the same object, so a hit costs a
-//! hash lookup and no allocation proportional to the value.
+//! hash lookup and no allocation proportional to the value. Entries of at most 16 KiB are
+//! handed a plain copy the first time, and get their shared object only if read again (many
+//! entries are read once, and a retained object costs more than copying a small value).
 //!
 //! Why one Buffer per entry and not one per hit: V8 keeps a registry of backing stores by
 //! address and aborts the process if two live external buffers share one (nodejs/node#32463).
@@ -150,6 +152,9 @@ fn check_js(status: sys::napi_status) -> JsResult<()> {
     check(status).map_err(|e| internal(e.reason))
 }
 
+/// Up to this size the first read of an entry is handed a copy instead of the shared object.
+const FIRST_READ_COPY_MAX: usize = 16 * 1024;
+
 const NO_OWNER: usize = 0;
 const OWNER_GONE: usize = usize::MAX;
 
@@ -258,6 +263,14 @@ pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsRes
                 return Ok(RawValue(v));
             }
         }
+    }
+    if owner && entry.value.len() <= FIRST_READ_COPY_MAX && entry.first_hand_out() {
+        // The first read of a small entry gets a copy that nothing retains: many entries are
+        // read once (a key another instance rendered, then evicted unread), and keeping a JS
+        // object alive for each cost more than the copy (bench/RESULTS.md, first reads). The
+        // shared object is made if the entry is read again.
+        // SAFETY: all values are created in, and used within, this env during this call.
+        return Ok(RawValue(unsafe { build_object(env.raw(), entry, false)? }));
     }
     // SAFETY: all values are created in, and used within, this env during this call.
     let obj = unsafe { build_object(env.raw(), entry, owner)? };

@@ -1,6 +1,6 @@
 //! A cached `'use cache'` entry: Next's metadata plus the serialized RSC bytes.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -80,6 +80,8 @@ pub struct Entry {
     pub server_ts: f64,
     /// Times this entry was put into L1 minus times L1 reported it gone (see [`Entry::in_l1`]).
     residency: AtomicU32,
+    /// Whether the binding handed this entry out before (see [`Entry::first_hand_out`]).
+    handed_out: AtomicBool,
 }
 
 impl Entry {
@@ -92,7 +94,14 @@ impl Entry {
             meta,
             server_ts,
             residency: AtomicU32::new(0),
+            handed_out: AtomicBool::new(false),
         }
+    }
+
+    /// True the first time it is called for this entry, false afterwards: lets the binding
+    /// treat an entry read once (most first reads of a key) apart from one read again.
+    pub fn first_hand_out(&self) -> bool {
+        !self.handed_out.swap(true, Ordering::Relaxed)
     }
 
     /// Whether L1 holds this very entry (not merely one under its key), without a lookup:
