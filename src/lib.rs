@@ -26,6 +26,12 @@ use strata_core::tags::Durations;
 
 use js_entry::{Chunks, RawValue};
 
+/// The addon's own allocations (entries, Redis replies, moka's nodes) use mimalloc: a first
+/// read allocates and frees a dozen small blocks, and glibc's malloc was a sixth of its CPU
+/// (bench/RESULTS.md). Node's allocations are not affected.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A stable error code, surfaced in JS as `err.code`.
 #[derive(Debug, Clone, Copy)]
 pub struct Code(&'static str);
