@@ -218,8 +218,6 @@ enum What {
         deferreds: Vec<sys::napi_deferred>,
         covered: u64,
     },
-    /// `refreshTags` calls this path cannot serve after all: they follow a runtime refresh.
-    ToRuntime { deferreds: Vec<sys::napi_deferred> },
     /// An entry's `SET` (already in L1 as `l1`).
     Set {
         deferred: sys::napi_deferred,
@@ -462,7 +460,7 @@ where
     if !failed.is_empty() {
         // The write failed and the connection was dropped: its requests (this one included)
         // fail now, settled once the state is released.
-        settle(raw, failed, false);
+        settle(raw, failed, Vec::new(), false);
     }
     Ok(Some(promise))
 }
@@ -963,44 +961,45 @@ fn dispatch(generation: u64, work: impl FnOnce(&mut State) -> Vec<Done>) {
         return;
     };
     if !done.is_empty() {
-        settle(env, done, true);
+        settle(env, done, Vec::new(), true);
     }
     finish_dispatch();
 }
 
 /// After settling: writes what the continuations queued, updates the handle's reference.
 fn finish_dispatch() {
-    let (env, done) = match STATE.with(|cell| {
+    let (env, done, to_runtime) = match STATE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let state = slot.as_mut()?;
         state.kick_waiting_refresh();
         state.dispatching = false;
-        let mut done = state.flush();
+        let done = state.flush();
         if let Link::Up(conn) = &mut state.link {
             conn.after_settle();
         }
         let to_runtime = std::mem::take(&mut state.to_runtime);
-        if !to_runtime.is_empty() {
-            let what = What::ToRuntime {
-                deferreds: to_runtime,
-            };
-            done.push(Done::unsent(what, Failure::Broken));
-        }
-        Some((state.env, done))
+        Some((state.env, done, to_runtime))
     }) {
         Some(x) => x,
         None => return,
     };
-    if !done.is_empty() {
+    if !done.is_empty() || !to_runtime.is_empty() {
         // A write failed (those requests fail: their continuations take the runtime path, the
         // link is down), or refresh calls were handed to the runtime.
-        settle(env, done, true);
+        settle(env, done, to_runtime, true);
     }
 }
 
-/// Settles `done`. From a libuv callback (`from_loop`), inside a callback scope, so promise
-/// continuations run when it closes; from a JS call, directly (they run after it returns).
-fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
+/// Settles `done`, then the `refreshTags` calls in `to_runtime` (which this path could not serve
+/// after all) with the promise of one runtime refresh. From a libuv callback (`from_loop`),
+/// inside a callback scope, so promise continuations run when it closes; from a JS call,
+/// directly (they run after it returns).
+fn settle(
+    env: sys::napi_env,
+    done: Vec<Done>,
+    to_runtime: Vec<sys::napi_deferred>,
+    from_loop: bool,
+) {
     let Ok(g) = crate::global() else { return };
     let (async_ctx, resource_ref) =
         match STATE.with(|cell| cell.borrow().as_ref().map(|s| (s.async_ctx, s.resource))) {
@@ -1046,7 +1045,7 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                         Failure::Timeout => strata_core::Error::Timeout {
                             op: match what {
                                 What::Get { .. } => "get_entry",
-                                What::Refresh { .. } | What::ToRuntime { .. } => "refresh",
+                                What::Refresh { .. } => "refresh",
                                 What::Set { .. } => "set_entry",
                                 What::Abandoned => "abandoned",
                             },
@@ -1078,16 +1077,16 @@ fn settle(env: sys::napi_env, done: Vec<Done>, from_loop: bool) {
                         .map_or_else(|_| undefined(&env_ref), |v| v.raw());
                     sys::napi_resolve_deferred(env, deferred, value);
                 }
-                What::ToRuntime { deferreds } => {
-                    let value = crate::refresh_on_runtime(&env_ref, g)
-                        .map_or_else(|_| undefined(&env_ref), |p| p.raw());
-                    for deferred in deferreds {
-                        sys::napi_resolve_deferred(env, deferred, value);
-                    }
-                }
             }
             // The refresh is applied: other refreshes may run.
             drop(gate);
+        }
+        if !to_runtime.is_empty() {
+            let value = crate::refresh_on_runtime(&env_ref, g)
+                .map_or_else(|_| undefined(&env_ref), |p| p.raw());
+            for deferred in to_runtime {
+                sys::napi_resolve_deferred(env, deferred, value);
+            }
         }
         if scoped {
             sys::napi_close_callback_scope(env, scope);
