@@ -4,17 +4,61 @@
 //! freshly `set` entry in favour of older popular ones would surprise Next, which expects to
 //! read back what it just wrote.
 
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 use moka::policy::{EvictionPolicy, Expiry};
 use moka::sync::Cache;
+use moka::Equivalent;
 
-/// The hasher of L1's table. moka defaults to SipHash, which cost a fifth of a first read's
-/// native time on Next's ~150-byte keys (perf, 64 reads in flight); foldhash is several
-/// times faster and seeded per process, so keys chosen by a client cannot be made to collide.
+/// Hashes a key's bytes once per L1 call. moka hashes a key on every lookup, again for its
+/// per-key insert lock, and every key again each time it rebuilds its table, which under churn
+/// it does often: with SipHash over Next's ~150-byte keys that was ~5 % of a first read's CPU
+/// (perf, 64 reads in flight). Keys therefore carry their hash (seeded per process, so keys a
+/// client chooses cannot be made to collide), and moka's own hasher only mixes that number.
 type KeyHasher = foldhash::quality::RandomState;
+type TableHasher = foldhash::fast::RandomState;
+
+/// A key as L1 stores it: the key and its hash.
+#[derive(Clone, Debug)]
+struct Key {
+    hash: u64,
+    key: Arc<str>,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.key == other.key
+    }
+}
+
+impl Eq for Key {}
+
+/// A borrowed key to look up with: hashes like the [`Key`] it finds.
+struct Lookup<'a> {
+    hash: u64,
+    key: &'a str,
+}
+
+impl Hash for Lookup<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Equivalent<Key> for Lookup<'_> {
+    fn equivalent(&self, k: &Key) -> bool {
+        self.hash == k.hash && *self.key == *k.key
+    }
+}
 
 use crate::clock::SharedClock;
 use crate::entry::Entry;
@@ -50,10 +94,10 @@ pub fn ttl_for(expires_at_ms: f64, now_ms: f64) -> Duration {
     Duration::from_secs_f64(remaining_ms / 1000.0).min(MAX_L1_TTL)
 }
 
-impl Expiry<Arc<str>, Arc<Entry>> for EntryExpiry {
+impl Expiry<Key, Arc<Entry>> for EntryExpiry {
     fn expire_after_create(
         &self,
-        _key: &Arc<str>,
+        _key: &Key,
         value: &Arc<Entry>,
         _created_at: Instant,
     ) -> Option<Duration> {
@@ -62,7 +106,7 @@ impl Expiry<Arc<str>, Arc<Entry>> for EntryExpiry {
 
     fn expire_after_update(
         &self,
-        _key: &Arc<str>,
+        _key: &Key,
         value: &Arc<Entry>,
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
@@ -73,7 +117,8 @@ impl Expiry<Arc<str>, Arc<Entry>> for EntryExpiry {
 
 /// The byte-bounded in-process cache.
 pub struct L1 {
-    cache: Cache<Arc<str>, Arc<Entry>, KeyHasher>,
+    cache: Cache<Key, Arc<Entry>, TableHasher>,
+    hasher: KeyHasher,
     max_bytes: u64,
 }
 
@@ -98,7 +143,7 @@ impl L1 {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .eviction_policy(EvictionPolicy::lru())
-            .weigher(|_k: &Arc<str>, v: &Arc<Entry>| -> u32 {
+            .weigher(|_k: &Key, v: &Arc<Entry>| -> u32 {
                 u32::try_from(v.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(EntryExpiry { clock, max_ttl })
@@ -111,8 +156,12 @@ impl L1 {
                     hook(v.id);
                 }
             })
-            .build_with_hasher(KeyHasher::default());
-        Self { cache, max_bytes }
+            .build_with_hasher(TableHasher::default());
+        Self {
+            cache,
+            hasher: KeyHasher::default(),
+            max_bytes,
+        }
     }
 
     /// The configured bound in bytes.
@@ -125,21 +174,32 @@ impl L1 {
         (weight as u64) <= self.max_bytes && weight <= u32::MAX as usize
     }
 
+    fn lookup<'a>(&self, key: &'a str) -> Lookup<'a> {
+        Lookup {
+            hash: self.hasher.hash_one(key),
+            key,
+        }
+    }
+
     /// Looks an entry up (no rules applied).
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.cache.get(key)
+        self.cache.get(&self.lookup(key))
     }
 
     /// Stores an entry, replacing any previous one for the key.
     pub fn insert(&self, entry: Arc<Entry>) {
+        let key = Key {
+            hash: self.hasher.hash_one(&*entry.key),
+            key: Arc::clone(&entry.key),
+        };
         // Counted before moka can report the removal of this (or an earlier) residency.
         entry.entered_l1();
-        self.cache.insert(Arc::clone(&entry.key), entry);
+        self.cache.insert(key, entry);
     }
 
     /// Removes a key.
     pub fn remove(&self, key: &str) {
-        self.cache.invalidate(key);
+        self.cache.invalidate(&self.lookup(key));
     }
 
     /// Removes a key only if it still holds the entry `id` (a newer `set` may have replaced it).
@@ -147,7 +207,10 @@ impl L1 {
         // moka's sync::Cache has no compare-and-remove; the entry API gives one atomically.
         let _ = self
             .cache
-            .entry(Arc::from(key))
+            .entry(Key {
+                hash: self.hasher.hash_one(key),
+                key: Arc::from(key),
+            })
             .and_compute_with(|current| match current {
                 Some(e) if e.value().id == id => moka::ops::compute::Op::Remove,
                 _ => moka::ops::compute::Op::Nop,
