@@ -125,6 +125,9 @@ function boot(options) {
   } catch (err) {
     throw toStrataError(err)
   }
+  // Entry objects handed to Next are built by this literal (one shape, cheap to build and to
+  // read); once per thread, as each worker thread loads this module anew.
+  native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate) => ({ value, tags, stale, timestamp, expire, revalidate }))
   l2 = native.hasL2()
   if (l2) {
     log('info', `Redis L2 ${resolved.redis}, namespace "${resolved.namespace}" (from ${resolved.namespaceSource}), L1 ${resolved.l1MaxBytes} bytes`)
@@ -223,7 +226,8 @@ function createUseCacheHandler(options) {
       calls.get++
       try {
         if (typeof cacheKey !== 'string') throw invalid('cacheKey', 'a string', cacheKey)
-        const pending = pendingSets.get(cacheKey)
+        // (Most gets run with no set in flight: then the key is not even hashed.)
+        const pending = pendingSets.size === 0 ? undefined : pendingSets.get(cacheKey)
         if (pending !== undefined) await pending
         bootWith()
         let hit

@@ -339,20 +339,89 @@ unsafe fn copied_buffer(env: sys::napi_env, bytes: &Bytes) -> JsResult<sys::napi
     Ok(out)
 }
 
-unsafe fn set_number(
-    env: sys::napi_env,
-    obj: sys::napi_value,
-    name: &[u8],
-    v: f64,
-) -> JsResult<()> {
-    let mut n = ptr::null_mut();
-    check_js(sys::napi_create_double(env, v, &mut n))?;
-    check_js(sys::napi_set_named_property(
-        env,
-        obj,
-        name.as_ptr().cast(),
-        n,
-    ))
+/// A JS function, as passed.
+pub struct JsFunction(sys::napi_value);
+
+impl TypeName for JsFunction {
+    fn type_name() -> &'static str {
+        "Function"
+    }
+    fn value_type() -> ValueType {
+        ValueType::Function
+    }
+}
+
+impl FromNapiValue for JsFunction {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
+        let mut kind = 0;
+        check(sys::napi_typeof(env, value, &mut kind))?;
+        if kind != sys::ValueType::napi_function {
+            return Err(Error::new(
+                Status::InvalidArg,
+                "expected a function".to_owned(),
+            ));
+        }
+        Ok(JsFunction(value))
+    }
+}
+
+thread_local! {
+    /// This thread's entry-object factory: its environment and a reference to the function.
+    static FACTORY: std::cell::Cell<Option<(sys::napi_env, sys::napi_ref)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Registers `(value, tags, stale, timestamp, expire, revalidate) => ({ … })` for this thread's
+/// environment. An object literal built by JS gets one fixed shape at once; built property by
+/// property through napi, every property name is looked up in V8's string table and every
+/// addition walks a map transition (~1 µs per object, and the handler's property loads turned
+/// megamorphic).
+pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
+    let raw = env.raw();
+    let mut r = ptr::null_mut();
+    // SAFETY: `f` is a live function of this env, during this call.
+    check_js(unsafe { sys::napi_create_reference(raw, f.0, 1, &mut r) })?;
+    if let Some((old_env, old)) = FACTORY.with(|c| c.replace(Some((raw, r)))) {
+        if old_env == raw {
+            // SAFETY: a reference this env created.
+            unsafe { sys::napi_delete_reference(raw, old) };
+        }
+    } else {
+        // SAFETY: `raw` is this call's live env; the hook runs at its teardown, on this thread.
+        unsafe { sys::napi_add_env_cleanup_hook(raw, Some(factory_gone), ptr::null_mut()) };
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn factory_gone(_arg: *mut c_void) {
+    // The environment is being torn down, its references with it.
+    FACTORY.with(|c| c.set(None));
+}
+
+/// Calls this thread's factory, if it has one for `env`; `None` if not (or if it failed).
+unsafe fn from_factory(env: sys::napi_env, args: &[sys::napi_value; 6]) -> Option<sys::napi_value> {
+    let (fenv, r) = FACTORY.with(|c| c.get())?;
+    if fenv != env {
+        return None;
+    }
+    let mut f = ptr::null_mut();
+    if sys::napi_get_reference_value(env, r, &mut f) != sys::Status::napi_ok || f.is_null() {
+        return None;
+    }
+    let mut recv = ptr::null_mut();
+    if sys::napi_get_undefined(env, &mut recv) != sys::Status::napi_ok {
+        return None;
+    }
+    let mut obj = ptr::null_mut();
+    if sys::napi_call_function(env, recv, f, args.len(), args.as_ptr(), &mut obj)
+        == sys::Status::napi_ok
+    {
+        return Some(obj);
+    }
+    // It threw (it cannot, but never leave an exception pending): build the object here.
+    let mut exception = ptr::null_mut();
+    sys::napi_get_and_clear_last_exception(env, &mut exception);
+    None
 }
 
 unsafe fn build_object(
@@ -360,19 +429,11 @@ unsafe fn build_object(
     entry: &Entry,
     shared: bool,
 ) -> JsResult<sys::napi_value> {
-    let mut obj = ptr::null_mut();
-    check_js(sys::napi_create_object(env, &mut obj))?;
     let value = if shared {
         external_buffer(env, &entry.value)?
     } else {
         copied_buffer(env, &entry.value)?
     };
-    check_js(sys::napi_set_named_property(
-        env,
-        obj,
-        c"value".as_ptr(),
-        value,
-    ))?;
     let tags = &entry.meta.tags;
     let mut arr = ptr::null_mut();
     check_js(sys::napi_create_array_with_length(
@@ -390,16 +451,39 @@ unsafe fn build_object(
         ))?;
         check_js(sys::napi_set_element(env, arr, i as u32, s))?;
     }
-    check_js(sys::napi_set_named_property(
-        env,
-        obj,
-        c"tags".as_ptr(),
+    let m = &entry.meta;
+    let mut args = [
+        value,
         arr,
-    ))?;
-    set_number(env, obj, b"stale\0", entry.meta.stale)?;
-    set_number(env, obj, b"timestamp\0", entry.meta.timestamp)?;
-    set_number(env, obj, b"expire\0", entry.meta.expire)?;
-    set_number(env, obj, b"revalidate\0", entry.meta.revalidate)?;
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+    ];
+    for (slot, v) in args[2..]
+        .iter_mut()
+        .zip([m.stale, m.timestamp, m.expire, m.revalidate])
+    {
+        check_js(sys::napi_create_double(env, v, slot))?;
+    }
+    if let Some(obj) = from_factory(env, &args) {
+        return Ok(obj);
+    }
+    let mut obj = ptr::null_mut();
+    check_js(sys::napi_create_object(env, &mut obj))?;
+    for (name, v) in [
+        c"value",
+        c"tags",
+        c"stale",
+        c"timestamp",
+        c"expire",
+        c"revalidate",
+    ]
+    .iter()
+    .zip(args)
+    {
+        check_js(sys::napi_set_named_property(env, obj, name.as_ptr(), v))?;
+    }
     Ok(obj)
 }
 

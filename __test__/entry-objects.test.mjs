@@ -1,0 +1,82 @@
+// How the addon builds the entry objects it hands to JS: through the literal index.js
+// registers (per thread), or by itself when none is registered or the registered one throws.
+// Each case runs in a fresh process, so the store and the factory start empty.
+import { describe, it, expect } from 'vitest'
+import { execFile } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+const binding = fileURLToPath(new URL('../binding.js', import.meta.url))
+
+/** Runs `body` in a fresh Node process with `native` bound; resolves with what it prints as JSON. */
+function inChild(body) {
+  const script = `
+    const native = require(${JSON.stringify(binding)})
+    native.init({ l1MaxBytes: 1 << 20 })
+    const TS = Math.floor(Date.now()) + 0.625
+    const put = (key, text) => native.ucSet(key, new TextEncoder().encode(text), ['t1', 't2'], 300, TS, 3600, 900)
+    const plain = (e) => ({ value: Buffer.from(e.value).toString(), tags: e.tags, stale: e.stale, sameTimestamp: e.timestamp === TS, expire: e.expire, revalidate: e.revalidate, keys: Object.keys(e) })
+    ;(() => { ${body} })()
+  `
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', script], { timeout: 20_000 }, (err, stdout, stderr) => {
+      if (err) return reject(new Error(`${err.message}\n${stderr}`))
+      resolve(JSON.parse(stdout))
+    })
+  })
+}
+
+const expected = (value) => ({
+  value, tags: ['t1', 't2'], stale: 300, sameTimestamp: true, expire: 3600, revalidate: 900,
+  keys: ['value', 'tags', 'stale', 'timestamp', 'expire', 'revalidate'],
+})
+
+describe('entry objects', () => {
+  it('are built by the addon when no factory is registered', async () => {
+    const out = await inChild(`
+      put('a', 'first read (a copy)'); put('b', 'x'.repeat(40000))
+      const a1 = native.ucGet('a'), a2 = native.ucGet('a'), b = native.ucGet('b')
+      console.log(JSON.stringify({ a1: plain(a1), a2: plain(a2), b: { ...plain(b), value: plain(b).value.length } }))
+    `)
+    expect(out.a1).toEqual(expected('first read (a copy)'))
+    expect(out.a2).toEqual(expected('first read (a copy)'))
+    expect(out.b).toEqual({ ...expected(40000) })
+  })
+
+  it('come from the registered factory, with the same fields', async () => {
+    const out = await inChild(`
+      let calls = 0
+      native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate) => { calls++; return { value, tags, stale, timestamp, expire, revalidate } })
+      put('a', 'from the factory'); put('b', 'y'.repeat(40000))
+      const a1 = native.ucGet('a'), a2 = native.ucGet('a'), a3 = native.ucGet('a'), b = native.ucGet('b')
+      console.log(JSON.stringify({ calls, a1: plain(a1), a2: plain(a2), sameShared: a2 === a3, b: { ...plain(b), value: plain(b).value.length } }))
+    `)
+    // a1: the first read's copy; a2: the shared object (a3 is the same one, not built again); b.
+    expect(out.calls).toBe(3)
+    expect(out.a1).toEqual(expected('from the factory'))
+    expect(out.a2).toEqual(expected('from the factory'))
+    expect(out.sameShared).toBe(true)
+    expect(out.b).toEqual({ ...expected(40000) })
+  })
+
+  it('fall back to the addon when the factory throws, leaving no exception behind', async () => {
+    const out = await inChild(`
+      native.setEntryFactory(() => { throw new Error('boom') })
+      put('a', 'still served')
+      let threw = false, e
+      try { e = native.ucGet('a') } catch { threw = true }
+      console.log(JSON.stringify({ threw, e: plain(e), after: 1 + 1 }))
+    `)
+    expect(out.threw).toBe(false)
+    expect(out.e).toEqual(expected('still served'))
+    expect(out.after).toBe(2)
+  })
+
+  it('rejects a factory that is not a function', async () => {
+    const out = await inChild(`
+      let code
+      try { native.setEntryFactory({}) } catch (err) { code = err.code ?? err.message }
+      console.log(JSON.stringify({ code: String(code) }))
+    `)
+    expect(out.code).not.toBe('undefined')
+  })
+})
