@@ -41,6 +41,9 @@ function toStrataError(err) {
 const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
 /** cacheKey -> promise of the `set` in flight (a `get` of that key waits for it). */
 const pendingSets = new Map()
+/** The outcome codes of the native set calls: L1 (`ucSet`; `ucSetRemote` >> 3), L2 (`& 7`). */
+const SET_L1 = ['stored', 'skipped-dynamic', 'already-expired', 'too-large', 'too-large-first']
+const SET_L2 = ['none', 'written', 'too-large', 'too-large-first', 'failed']
 /** L2 reads awaiting Redis (decides when a get builds its stream). */
 let readsInFlight = 0
 const warned = new Set()
@@ -329,16 +332,17 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           if (l2) {
-            const r = await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
-            outcome = r.l1
-            if (r.l2 === 'too-large-first') {
+            const code = await native.ucSetRemote(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            outcome = SET_L1[code >> 3]
+            const written = SET_L2[code & 7]
+            if (written === 'too-large-first') {
               const size = chunks.reduce((n, c) => n + c.byteLength, 0)
               log('warn', `an entry of ${size} bytes is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
-            } else if (r.l2 === 'failed') {
+            } else if (written === 'failed') {
               logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
             }
           } else {
-            outcome = native.ucSet(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)
+            outcome = SET_L1[native.ucSet(cacheKey, bytes, tags, stale, timestamp, expire, revalidate)]
           }
         } catch (err) {
           throw toStrataError(err)

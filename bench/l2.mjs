@@ -279,7 +279,7 @@ async function childRw() {
         {
           id: 'native.ucSetRemote', prep: () => cacheKey('set', s),
           op: (key) => { counters.sets++; return native.ucSetRemote(key, v, tagsArr, PROFILE.stale, performance.timeOrigin + performance.now(), PROFILE.expire, PROFILE.revalidate); },
-          check: (r) => { if (r.l2 !== 'written') throw new Error(`ucSetRemote: l2 ${r.l2}`); },
+          check: (code) => { if ((code & 7) !== 1) throw new Error(`ucSetRemote: outcome code ${code}, not written to L2`); },
         },
       ],
     });

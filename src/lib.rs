@@ -409,22 +409,26 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
     bridge::submit(&env, fut)
 }
 
-fn set_result(g: &Global, SetReport { l1, l2 }: SetReport) -> SetResult {
-    SetResult {
-        l1: outcome_name(g, l1).to_owned(),
-        l2: match l2 {
-            L2Write::None => "none",
-            L2Write::Written => "written",
-            L2Write::TooLarge { first: true } => "too-large-first",
-            L2Write::TooLarge { first: false } => "too-large",
-            L2Write::Failed => "failed",
-        }
-        .to_owned(),
+/// A `set`'s outcome as one number, `l1 * 8 + l2` (see [`l1_code`], [`l2_code`]); index.js
+/// decodes it with tables. A number crosses into JS without allocating, where an object of two
+/// strings cost three allocations per write.
+fn set_code(g: &Global, SetReport { l1, l2 }: SetReport) -> u32 {
+    l1_code(g, l1) * 8 + l2_code(l2)
+}
+
+/// 0 none, 1 written, 2 too-large, 3 too-large (first time: warn), 4 failed.
+fn l2_code(l2: L2Write) -> u32 {
+    match l2 {
+        L2Write::None => 0,
+        L2Write::Written => 1,
+        L2Write::TooLarge { first: false } => 2,
+        L2Write::TooLarge { first: true } => 3,
+        L2Write::Failed => 4,
     }
 }
 
-/// `set` in L1 then L2 (Redis): a promise of `{ l1, l2 }`. Only invalid metadata rejects; Redis
-/// trouble leaves the entry L1-only and is reported in `l2`.
+/// `set` in L1 then L2 (Redis): a promise of the outcome code ([`set_code`]). Only invalid
+/// metadata rejects; Redis trouble leaves the entry L1-only and is reported in the L2 part.
 #[napi(js_name = "ucSetRemote")]
 #[allow(clippy::too_many_arguments)]
 pub fn uc_set_remote(
@@ -454,9 +458,12 @@ pub fn uc_set_remote(
 
 /// The `{ l1, l2 }` object a set's promise resolves to.
 fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawValue> {
+    let mut v = std::ptr::null_mut();
     // SAFETY: `env` is the live environment of the current call or callback.
-    let v = unsafe { SetResult::to_napi_value(env.raw(), set_result(g, report)) }
-        .map_err(|e| internal(e.reason.clone()))?;
+    let status = unsafe { napi::sys::napi_create_uint32(env.raw(), set_code(g, report), &mut v) };
+    if status != napi::sys::Status::napi_ok {
+        return Err(internal("could not create the set outcome"));
+    }
     Ok(RawValue::from_raw(v))
 }
 
@@ -502,19 +509,19 @@ fn meta_of(
 }
 
 /// The L1 outcome as JS sees it; `"too-large-first"` the first time in the process (warn once).
-fn outcome_name(g: &Global, o: SetOutcome) -> &'static str {
+/// 0 stored, 1 skipped-dynamic, 2 already-expired, 3 too-large, 4 too-large (first time: warn).
+fn l1_code(g: &Global, o: SetOutcome) -> u32 {
     match o {
-        SetOutcome::Stored => "stored",
-        SetOutcome::SkippedDynamic => "skipped-dynamic",
-        SetOutcome::AlreadyExpired => "already-expired",
-        SetOutcome::TooLarge if g.cache.store().first_too_large() => "too-large-first",
-        SetOutcome::TooLarge => "too-large",
+        SetOutcome::Stored => 0,
+        SetOutcome::SkippedDynamic => 1,
+        SetOutcome::AlreadyExpired => 2,
+        SetOutcome::TooLarge if g.cache.store().first_too_large() => 4,
+        SetOutcome::TooLarge => 3,
     }
 }
 
 /// `set(cacheKey, entry)` in L1 once the stream is read: copies the chunks once into Rust
-/// memory. Returns `"stored"`, `"skipped-dynamic"`, `"already-expired"`, `"too-large"` or
-/// `"too-large-first"` (warn once).
+/// memory. Returns the L1 outcome code ([`l1_code`]).
 #[napi(js_name = "ucSet")]
 #[allow(clippy::too_many_arguments)]
 pub fn uc_set(
@@ -526,21 +533,12 @@ pub fn uc_set(
     timestamp: f64,
     expire: f64,
     revalidate: f64,
-) -> Result<&'static str, Code> {
+) -> Result<u32, Code> {
     let g = global()?;
     js_entry::release_pending(&env);
     let meta = meta_of(tags, stale, timestamp, expire, revalidate);
     let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
-    Ok(outcome_name(g, outcome))
-}
-
-/// The result of `ucSetRemote`.
-#[napi(object)]
-pub struct SetResult {
-    /// The L1 outcome (as `ucSet`).
-    pub l1: String,
-    /// `"none"`, `"written"`, `"too-large"`, `"too-large-first"` or `"failed"`.
-    pub l2: String,
+    Ok(l1_code(g, outcome))
 }
 
 /// `durations` of `updateTags`.
