@@ -381,21 +381,29 @@ pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
     let mut r = ptr::null_mut();
     // SAFETY: `f` is a live function of this env, during this call.
     check_js(unsafe { sys::napi_create_reference(raw, f.0, 1, &mut r) })?;
-    if let Some((old_env, old)) = FACTORY.with(|c| c.replace(Some((raw, r)))) {
-        if old_env == raw {
-            // SAFETY: a reference this env created.
-            unsafe { sys::napi_delete_reference(raw, old) };
-        }
-    } else {
-        // SAFETY: `raw` is this call's live env; the hook runs at its teardown, on this thread.
-        unsafe { sys::napi_add_env_cleanup_hook(raw, Some(factory_gone), ptr::null_mut()) };
+    match FACTORY.with(|c| c.replace(Some((raw, r)))) {
+        // Registered again in the same env: its hook is in place already.
+        // SAFETY: a reference this env created.
+        Some((old_env, old)) if old_env == raw => unsafe {
+            sys::napi_delete_reference(raw, old);
+        },
+        // SAFETY: `raw` is this call's live env; the hook runs at its teardown, on this thread,
+        // and is registered once per env (its argument is the env).
+        _ => unsafe {
+            sys::napi_add_env_cleanup_hook(raw, Some(factory_gone), raw.cast());
+        },
     }
     Ok(())
 }
 
-unsafe extern "C" fn factory_gone(_arg: *mut c_void) {
-    // The environment is being torn down, its references with it.
-    FACTORY.with(|c| c.set(None));
+unsafe extern "C" fn factory_gone(env: *mut c_void) {
+    // The environment is being torn down, its references with it. (Forget the factory only if
+    // it is this env's: another env may have registered one on this thread since.)
+    FACTORY.with(|c| {
+        if c.get().is_some_and(|(e, _)| e.cast::<c_void>() == env) {
+            c.set(None);
+        }
+    });
 }
 
 /// Calls this thread's factory, if it has one for `env`; `None` if not (or if it failed).
