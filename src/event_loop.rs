@@ -72,6 +72,11 @@ pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
 /// 1 MB in flight, 0.57× ioredis' throughput on this thread vs 0.84× through the runtime).
 const DIRECT_SET_MAX: usize = 64 * 1024;
 
+/// Up to this size a larger value is still written here when the connection has nothing else
+/// in flight: then no other request waits behind its encoding, and the two thread hops of the
+/// runtime path are the larger cost (measured one in flight: see bench/RESULTS.md).
+const DIRECT_SET_MAX_IDLE: usize = 4 * 1024 * 1024;
+
 /// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
@@ -352,11 +357,15 @@ pub fn try_set(
     chunks: Chunks,
     meta: EntryMeta,
 ) -> JsResult<SetTry> {
-    if !g.cache.direct_write_ready() || chunks.0.len() > DIRECT_SET_MAX {
+    let len = chunks.0.len();
+    if !g.cache.direct_write_ready() || len > DIRECT_SET_MAX_IDLE {
         return Ok(SetTry::NotTaken(chunks, meta));
     }
     let mut args = Some((chunks, meta));
     let taken = with_conn(env, g, |conn, l2, raw| {
+        if len > DIRECT_SET_MAX && !conn.pending.is_empty() {
+            return Ok(None);
+        }
         let Some((chunks, meta)) = args.take() else {
             return Ok(None);
         };
