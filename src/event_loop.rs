@@ -67,9 +67,10 @@ pub static DIRECT_REFRESHES: AtomicU64 = AtomicU64::new(0);
 /// Entry writes (`SET`) made by this path (all environments).
 pub static DIRECT_WRITES: AtomicU64 = AtomicU64::new(0);
 
-/// Larger values are written through the runtime: encoding the envelope (a copy and a CRC)
-/// and sending it then happen off Node's thread, on the other cores (measured: 64 writes of
-/// 1 MB in flight, 0.57× ioredis' throughput on this thread vs 0.84× through the runtime).
+/// Larger values are written through the runtime while other requests are in flight here:
+/// encoding the envelope (a copy and a CRC) and sending it then happen off Node's thread, on
+/// the other cores (measured: 64 writes of 1 MB in flight, 0.57× ioredis' throughput on this
+/// thread vs 0.84× through the runtime). See [`DIRECT_SET_MAX_IDLE`] for the exception.
 const DIRECT_SET_MAX: usize = 64 * 1024;
 
 /// Up to this size a larger value is still written here when the connection has nothing else
