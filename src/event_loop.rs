@@ -371,11 +371,29 @@ pub fn try_set(
             return Ok(None);
         };
         let (deferred, promise) = promise(raw)?;
-        let report = match g.cache.plan_set(key, chunks.0, meta) {
+        // With nothing queued, a large envelope is encoded with room for the command's head in
+        // front, and becomes the output buffer itself: no copy of it into `out`.
+        let in_place = len > DIRECT_SET_MAX && conn.out.is_empty() && conn.written == 0;
+        let headroom = if in_place { l2.set_headroom(key) } else { 0 };
+        let report = match g.cache.plan_set(key, chunks.0, meta, headroom) {
             Ok(SetPlan::Done(report)) => report,
-            Ok(SetPlan::Write { l1, envelope, ttl }) => match l2.breaker().try_acquire() {
+            Ok(SetPlan::Write {
+                l1,
+                mut envelope,
+                at,
+                ttl,
+            }) => match l2.breaker().try_acquire() {
                 Some(permit) => {
-                    l2.encode_set(&mut conn.out, key, &envelope, ttl);
+                    match in_place
+                        .then(|| l2.frame_set(&mut envelope, at, key, ttl))
+                        .flatten()
+                    {
+                        Some(start) => {
+                            conn.out = envelope;
+                            conn.written = start;
+                        }
+                        None => l2.encode_set(&mut conn.out, key, &envelope[at..], ttl),
+                    }
                     let what = What::Set { deferred, l1 };
                     return Ok(Some(Made::Request(what, permit, promise)));
                 }

@@ -39,17 +39,23 @@ pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// unchanged, so a value written and read on one host round-trips exactly.
 pub const SAME_CLOCK_MS: f64 = 1.0;
 
+/// Capacity left after an envelope planned with headroom, for the tail of the command framing it
+/// (`\r\n$2\r\nPX\r\n$<n>\r\n<ttl ms>\r\n` is at most 55 bytes).
+const FRAME_TAIL_ROOM: usize = 64;
+
 /// What [`Cache::plan_set`] decided.
 #[derive(Debug)]
 pub enum SetPlan {
     /// Nothing to write to L2 (no L2, not stored, too large): the report is final.
     Done(SetReport),
-    /// Stored in L1; write `envelope` to L2 with `ttl`, then call [`Cache::finish_set`].
+    /// Stored in L1; write `envelope[at..]` to L2 with `ttl`, then call [`Cache::finish_set`].
     Write {
         /// The L1 outcome.
         l1: SetOutcome,
-        /// The stored bytes.
+        /// The bytes to store, after the `at` bytes of headroom the caller asked for.
         envelope: Vec<u8>,
+        /// Where the stored bytes start in `envelope`.
+        at: usize,
         /// The entry's TTL in Redis.
         ttl: Duration,
     },
@@ -430,13 +436,18 @@ impl Cache {
     /// the [`SetReport`] and leaves the entry L1-only.
     pub async fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetReport> {
         self.ensure_clock().await;
-        match self.plan_set(key, value, meta)? {
+        match self.plan_set(key, value, meta, 0)? {
             SetPlan::Done(report) => Ok(report),
-            SetPlan::Write { l1, envelope, ttl } => {
+            SetPlan::Write {
+                l1,
+                envelope,
+                at,
+                ttl,
+            } => {
                 let Some(r) = &self.remote else {
                     return Ok(self.finish_set(l1, false));
                 };
-                let written = r.l2.set_entry(key, &envelope, ttl).await.is_ok();
+                let written = r.l2.set_entry(key, &envelope[at..], ttl).await.is_ok();
                 Ok(self.finish_set(l1, written))
             }
         }
@@ -444,8 +455,15 @@ impl Cache {
 
     /// The synchronous part of [`Cache::set`]: stores in L1 and, when the entry goes to L2 too,
     /// returns its envelope and TTL, to be written by the caller (the runtime, or the event-loop
-    /// path with [`L2::set_command`]) and reported with [`Cache::finish_set`].
-    pub fn plan_set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetPlan> {
+    /// path with [`L2::encode_set`]) and reported with [`Cache::finish_set`]. The envelope is
+    /// encoded after `headroom` bytes, where the caller may frame it without another copy.
+    pub fn plan_set(
+        &self,
+        key: &str,
+        value: Bytes,
+        meta: EntryMeta,
+        headroom: usize,
+    ) -> Result<SetPlan> {
         let offset = self.store.clock().offset();
         let server_ts = meta.timestamp + offset;
         let l1 = match self.store.admit(&meta)? {
@@ -476,7 +494,11 @@ impl Cache {
                 l2: L2Write::TooLarge { first },
             }));
         }
-        let envelope = match envelope::encode(
+        // With headroom the caller frames the envelope in place: leave room for its tail too.
+        let spare = if headroom > 0 { FRAME_TAIL_ROOM } else { 0 };
+        let envelope = match envelope::encode_after(
+            vec![0; headroom],
+            spare,
             &EnvelopeMeta {
                 kind: Kind::USE_CACHE,
                 key,
@@ -496,7 +518,12 @@ impl Cache {
         };
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
         let ttl = Duration::from_secs_f64((remaining_ms / 1000.0).clamp(0.001, 1e9)).min(r.max_ttl);
-        Ok(SetPlan::Write { l1, envelope, ttl })
+        Ok(SetPlan::Write {
+            l1,
+            envelope,
+            at: headroom,
+            ttl,
+        })
     }
 
     /// Counts the outcome of an L2 write planned by [`Cache::plan_set`] and reports the set.

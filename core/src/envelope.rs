@@ -383,6 +383,23 @@ pub fn encode<T: AsRef<str>>(
     payload: &[u8],
     compression: Compression,
 ) -> Result<Vec<u8>, EncodeError> {
+    encode_after(Vec::new(), 0, meta, payload, compression)
+}
+
+/// [`encode`], appending the envelope to `out` after what it holds (which stays as it is; the
+/// checksum covers the envelope only), so that a caller can frame it (e.g. a command around it)
+/// without copying it again; `spare` more bytes of capacity are reserved for what the caller
+/// appends after it (so that appending does not move a large buffer).
+///
+/// # Errors
+/// As [`encode`] (and `out` is dropped).
+pub fn encode_after<T: AsRef<str>>(
+    mut out: Vec<u8>,
+    spare: usize,
+    meta: &EnvelopeMeta<'_, T>,
+    payload: &[u8],
+    compression: Compression,
+) -> Result<Vec<u8>, EncodeError> {
     let numbers = [
         ("timestamp", meta.timestamp),
         ("server_ts", meta.server_ts),
@@ -417,7 +434,12 @@ pub fn encode<T: AsRef<str>>(
         .saturating_add(4 + meta.extra.len())
         .saturating_add(payload_room)
         .saturating_add(CHECKSUM_LEN);
-    let mut out = Vec::with_capacity(capacity);
+    // Every tag's length is checked before anything is written: an error leaves `out` as it was.
+    for tag in meta.tags {
+        len_u32("tag", tag.as_ref().len())?;
+    }
+    let base = out.len();
+    out.reserve(capacity.saturating_add(spare));
 
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -431,7 +453,7 @@ pub fn encode<T: AsRef<str>>(
     out.extend_from_slice(&tag_count.to_le_bytes());
     for tag in meta.tags {
         let tag = tag.as_ref();
-        out.extend_from_slice(&len_u32("tag", tag.len())?.to_le_bytes());
+        out.extend_from_slice(&(tag.len() as u32).to_le_bytes());
         out.extend_from_slice(tag.as_bytes());
     }
     out.extend_from_slice(&extra_len.to_le_bytes());
@@ -458,7 +480,7 @@ pub fn encode<T: AsRef<str>>(
             out[payload_at..payload_at + 4].copy_from_slice(&stored_len.to_le_bytes());
             out[payload_at + 4..block_at].copy_from_slice(&payload_len.to_le_bytes());
             out.truncate(block_at + n);
-            out[FLAGS_AT] = FLAG_LZ4;
+            out[base + FLAGS_AT] = FLAG_LZ4;
             compressed = true;
         }
         if !compressed {
@@ -470,7 +492,7 @@ pub fn encode<T: AsRef<str>>(
         out.extend_from_slice(payload);
     }
 
-    let crc = crc32fast::hash(&out);
+    let crc = crc32fast::hash(&out[base..]);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
 }
@@ -719,6 +741,28 @@ mod tests {
         m.timestamp = 0.000_1;
         m.server_ts = -0.0;
         check_round_trip(&m, b"x", Compression::DISABLED);
+    }
+
+    #[test]
+    fn encode_after_appends_the_same_envelope() {
+        let tags = tags();
+        let m = meta("k", &tags, b"x");
+        for (payload, c) in [
+            (html(40_000), Compression::default()),
+            (noise(40_000, 3), Compression::default()),
+            (html(100), Compression::DISABLED),
+        ] {
+            let alone = encode(&m, &payload, c).unwrap();
+            let prefix = b"*5\r\n$3\r\nSET\r\n".to_vec();
+            let framed = encode_after(prefix.clone(), 16, &m, &payload, c).unwrap();
+            assert!(framed.capacity() >= framed.len() + 16);
+            assert_eq!(&framed[..prefix.len()], &prefix[..]);
+            assert_eq!(&framed[prefix.len()..], &alone[..]);
+            assert_eq!(
+                decode(&framed[prefix.len()..], usize::MAX).unwrap().payload,
+                payload
+            );
+        }
     }
 
     #[test]

@@ -637,6 +637,38 @@ impl L2 {
         );
     }
 
+    /// Room to leave in front of an envelope so that [`L2::frame_set`] can put the `SET`
+    /// command's head there.
+    pub fn set_headroom(&self, key: &str) -> usize {
+        // "*5\r\n" + "$3\r\nSET\r\n" + "$<len>\r\n<key>\r\n" + "$<len>\r\n", lengths ≤ 20 digits.
+        4 + 9 + (1 + 20 + 2) + self.inner.keys.entry(key).len() + 2 + (1 + 20 + 2)
+    }
+
+    /// Makes `buf` the `SET` of the envelope `buf[at..]`, byte for byte what
+    /// [`L2::encode_set`] writes, without moving the envelope: the command's head goes into the
+    /// headroom before `at`, its tail after the envelope. Returns where the command starts in
+    /// `buf`, or `None` if the headroom is too small (then `buf` is unchanged).
+    pub fn frame_set(
+        &self,
+        buf: &mut Vec<u8>,
+        at: usize,
+        key: &str,
+        ttl: Duration,
+    ) -> Option<usize> {
+        let entry_key = self.inner.keys.entry(key);
+        let envelope_len = buf.len().checked_sub(at)?;
+        let mut head = Vec::with_capacity(64 + entry_key.len());
+        resp::encode_count(&mut head, 5);
+        resp::encode_args(&mut head, &[b"SET", entry_key.as_bytes()]);
+        resp::encode_bulk_head(&mut head, envelope_len);
+        let start = at.checked_sub(head.len())?;
+        buf[start..at].copy_from_slice(&head);
+        buf.extend_from_slice(b"\r\n");
+        let ttl_ms = self.ttl_ms(ttl).to_string();
+        resp::encode_args(buf, &[b"PX", ttl_ms.as_bytes()]);
+        Some(start)
+    }
+
     /// Deletes the entry of Next key `key` (for garbage found under it; `UNLINK`, so a large
     /// value is freed off Redis' main thread).
     pub async fn delete_entry(&self, key: &str) -> Result<()> {
@@ -1173,6 +1205,32 @@ mod tests {
     fn is_send_sync() {
         fn check<T: Send + Sync + 'static>() {}
         check::<L2>();
+    }
+
+    #[test]
+    fn frame_set_writes_what_encode_set_writes_in_place() {
+        let l2 = L2::new(cfg(&["redis://127.0.0.1:1"])).unwrap();
+        let ttl = Duration::from_millis(3_600_000);
+        for (key, len) in [
+            ("/a", 0usize),
+            ("/blog/1", 70_000),
+            (&*"k".repeat(5000), 1_100_000),
+        ] {
+            let envelope: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut expected = Vec::new();
+            l2.encode_set(&mut expected, key, &envelope, ttl);
+
+            let at = l2.set_headroom(key);
+            let mut buf = vec![0u8; at];
+            buf.extend_from_slice(&envelope);
+            let start = l2.frame_set(&mut buf, at, key, ttl).unwrap();
+            assert_eq!(&buf[start..], &expected[..], "key {key:.20}, {len} bytes");
+        }
+        // Not enough headroom: refused, nothing changed.
+        let mut small = vec![0u8; 3];
+        small.extend_from_slice(b"xyz");
+        assert_eq!(l2.frame_set(&mut small, 3, "/a", ttl), None);
+        assert_eq!(small, b"\0\0\0xyz");
     }
 
     #[test]

@@ -51,16 +51,31 @@ pub struct ProtocolError(pub &'static str);
 
 /// Appends `*<n>\r\n$<len>\r\n<arg>\r\n…` for `args` to `out`.
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
+    encode_count(out, args.len());
+    encode_args(out, args);
+}
+
+/// Appends the `*<n>\r\n` that starts a command of `n` arguments.
+pub fn encode_count(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
-    push_decimal(out, args.len());
+    push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `$<len>\r\n<arg>\r\n` for each of `args` (part of a command).
+pub fn encode_args(out: &mut Vec<u8>, args: &[&[u8]]) {
     for arg in args {
-        out.push(b'$');
-        push_decimal(out, arg.len());
-        out.extend_from_slice(b"\r\n");
+        encode_bulk_head(out, arg.len());
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Appends the `$<len>\r\n` in front of an argument of `len` bytes.
+pub fn encode_bulk_head(out: &mut Vec<u8>, len: usize) {
+    out.push(b'$');
+    push_decimal(out, len);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
