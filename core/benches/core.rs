@@ -74,24 +74,24 @@ fn cache_with_l2(l1_max_bytes: u64) -> Cache {
     Cache::new(&config, clock(), None, Some("bench".into())).unwrap()
 }
 
+/// What `plan_set` hands the envelope encoder for `m` under `key`.
+fn envelope_meta<'a>(key: &'a str, m: &'a EntryMeta) -> EnvelopeMeta<'a> {
+    EnvelopeMeta {
+        kind: Kind::USE_CACHE,
+        key,
+        tags: &m.tags,
+        timestamp: m.timestamp,
+        server_ts: m.timestamp,
+        stale: m.stale,
+        revalidate: m.revalidate,
+        expire: m.expire,
+        extra: &[],
+    }
+}
+
 fn envelope_of(key: &str, payload: &[u8]) -> Vec<u8> {
     let m = meta();
-    envelope::encode(
-        &EnvelopeMeta {
-            kind: Kind::USE_CACHE,
-            key,
-            tags: &m.tags,
-            timestamp: m.timestamp,
-            server_ts: m.timestamp,
-            stale: m.stale,
-            revalidate: m.revalidate,
-            expire: m.expire,
-            extra: &[],
-        },
-        payload,
-        Compression::DISABLED,
-    )
-    .unwrap()
+    envelope::encode(&envelope_meta(key, &m), payload, Compression::DISABLED).unwrap()
 }
 
 /// An L1 hit: the lookup and the expiry and tag rules (what a `get` does before JS).
@@ -132,17 +132,7 @@ fn envelope_encode(bencher: Bencher, size: usize) {
     let m = meta();
     bencher.bench_local(|| {
         envelope::encode(
-            &EnvelopeMeta {
-                kind: Kind::USE_CACHE,
-                key: &k,
-                tags: &m.tags,
-                timestamp: m.timestamp,
-                server_ts: m.timestamp,
-                stale: m.stale,
-                revalidate: m.revalidate,
-                expire: m.expire,
-                extra: &[],
-            },
+            &envelope_meta(&k, &m),
             divan::black_box(&payload),
             Compression::DISABLED,
         )

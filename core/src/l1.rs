@@ -256,6 +256,18 @@ mod tests {
         assert_eq!(ttl_for(f64::NAN, 0.0), Duration::ZERO);
     }
 
+    /// A 60 s entry of `value` under `key`.
+    fn entry(key: &str, value: Vec<u8>) -> Arc<Entry> {
+        let meta = EntryMeta {
+            tags: vec![],
+            stale: 0.0,
+            timestamp: 0.0,
+            expire: 60.0,
+            revalidate: 30.0,
+        };
+        Arc::new(Entry::new(Arc::from(key), Bytes::from(value), meta, 0.0))
+    }
+
     #[test]
     fn removal_hook_sees_replaced_entries() {
         let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -267,27 +279,10 @@ mod tests {
             Arc::new(Metrics::default()),
             Some(Arc::new(move |id| s2.lock().push(id))),
         );
-        let meta = EntryMeta {
-            tags: vec![],
-            stale: 0.0,
-            timestamp: 0.0,
-            expire: 60.0,
-            revalidate: 30.0,
-        };
-        let a = Arc::new(Entry::new(
-            Arc::from("k"),
-            Bytes::from(vec![1u8]),
-            meta.clone(),
-            0.0,
-        ));
+        let a = entry("k", vec![1u8]);
         let first = a.id;
         l1.insert(a);
-        l1.insert(Arc::new(Entry::new(
-            Arc::from("k"),
-            Bytes::from(vec![2u8]),
-            meta,
-            0.0,
-        )));
+        l1.insert(entry("k", vec![2u8]));
         l1.run_pending_tasks();
         assert_eq!(*seen.lock(), vec![first]);
         assert_eq!(&*l1.get("k").unwrap().value, &[2u8]);
@@ -303,22 +298,8 @@ mod tests {
             Arc::new(Metrics::default()),
             None,
         );
-        let entry = |key: &str, len: usize| {
-            let meta = EntryMeta {
-                tags: vec![],
-                stale: 0.0,
-                timestamp: 0.0,
-                expire: 60.0,
-                revalidate: 30.0,
-            };
-            Arc::new(Entry::new(
-                Arc::from(key),
-                Bytes::from(vec![0u8; len]),
-                meta,
-                0.0,
-            ))
-        };
-        let a = entry("a", 10);
+        let sized = |key: &str, len: usize| entry(key, vec![0u8; len]);
+        let a = sized("a", 10);
         assert!(!a.in_l1());
         l1.insert(Arc::clone(&a));
         assert!(a.in_l1());
@@ -327,17 +308,17 @@ mod tests {
         l1.insert(Arc::clone(&a));
         l1.run_pending_tasks();
         assert!(a.in_l1(), "re-inserting the held entry keeps it held");
-        let a2 = entry("a", 10);
+        let a2 = sized("a", 10);
         l1.insert(Arc::clone(&a2));
         l1.run_pending_tasks();
         assert!(!a.in_l1(), "replaced");
         assert!(a2.in_l1());
 
         // Evicted for room (LRU: `a2` is the oldest), and removed explicitly.
-        let big = entry("big", 3000);
+        let big = sized("big", 3000);
         l1.insert(Arc::clone(&big));
         l1.run_pending_tasks();
-        let big2 = entry("big2", 3000);
+        let big2 = sized("big2", 3000);
         l1.insert(Arc::clone(&big2));
         l1.run_pending_tasks();
         assert!(l1.get("a").is_none() && !a2.in_l1(), "evicted");
