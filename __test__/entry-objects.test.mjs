@@ -71,12 +71,14 @@ describe('entry objects', () => {
     expect(out.after).toBe(2)
   })
 
-  it('rejects a factory that is not a function', async () => {
+  it('rejects a factory that is not a function, and keeps building entries itself', async () => {
     const out = await inChild(`
-      let code
-      try { native.setEntryFactory({}) } catch (err) { code = err.code ?? err.message }
-      console.log(JSON.stringify({ code: String(code) }))
+      let message = null
+      try { native.setEntryFactory({}) } catch (err) { message = String(err.message) }
+      put('a', 'no factory')
+      console.log(JSON.stringify({ message, e: plain(native.ucGet('a')) }))
     `)
-    expect(out.code).not.toBe('undefined')
+    expect(out.message).toMatch(/function/i)
+    expect(out.e).toEqual(expected('no factory'))
   })
 })

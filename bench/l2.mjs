@@ -499,31 +499,23 @@ async function childCold() {
     const base = [];
     const wrapped = [];
     let i = 0;
+    // One timed op: `op()` resolves to the bytes it read, which must be `s`.
+    const timed = async (who, into, store, op) => {
+      const t0 = now();
+      const got = await op();
+      const t1 = now();
+      if (got !== s) throw new Error(`cold (${who}): expected ${s} bytes, got ${got}`);
+      if (store) into.push(Number(t1 - t0));
+    };
     const one = async (store) => {
       const k = coldKey(s, i++);
-      const a = async () => {
-        const t0 = now();
-        const e = await h.get(k, SOFT_TAGS);
-        const b = e ? (await readNoCopy(e.value)).bytes : -1;
-        const t1 = now();
+      const a = () => timed('ours', ours, store, async () => {
         gets++;
-        if (b !== s) throw new Error(`cold: expected ${s} bytes, got ${b}`);
-        if (store) ours.push(Number(t1 - t0));
-      };
-      const b = async () => {
-        const t0 = now();
-        const r = await io.getBuffer(plain);
-        const t1 = now();
-        if (r.byteLength !== s) throw new Error('cold: ioredis length');
-        if (store) base.push(Number(t1 - t0));
-      };
-      const c = async () => {
-        const t0 = now();
-        const n = await ioredisAsEntry(io, plain);
-        const t1 = now();
-        if (n !== s) throw new Error('cold: ioredis + stream length');
-        if (store) wrapped.push(Number(t1 - t0));
-      };
+        const e = await h.get(k, SOFT_TAGS);
+        return e ? (await readNoCopy(e.value)).bytes : -1;
+      });
+      const b = () => timed('ioredis', base, store, async () => (await io.getBuffer(plain)).byteLength);
+      const c = () => timed('ioredis + stream', wrapped, store, () => ioredisAsEntry(io, plain));
       // Alternate the order op by op (A,B,C then C,B,A).
       if (i & 1) { await a(); await b(); await c(); } else { await c(); await b(); await a(); }
     };

@@ -373,7 +373,7 @@ pub fn try_set(
         let (deferred, promise) = promise(raw)?;
         // With nothing queued, a large envelope is encoded with room for the command's head in
         // front, and becomes the output buffer itself: no copy of it into `out`.
-        let in_place = len > DIRECT_SET_MAX && conn.out.is_empty() && conn.written == 0;
+        let in_place = len > DIRECT_SET_MAX && conn.out.is_empty();
         let headroom = if in_place { l2.set_headroom(key) } else { 0 };
         let report = match g.cache.plan_set(key, chunks.0, meta, headroom) {
             Ok(SetPlan::Done(report)) => report,

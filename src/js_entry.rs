@@ -246,10 +246,10 @@ pub fn wrap_in_array(env: &Env, value: RawValue) -> JsResult<RawValue> {
 }
 
 /// The shared JS object of `entry` (created on first use), or a fresh copy outside the owner env.
-/// `in_l1` tells whether the entry is (still) held by L1: only such entries keep their object
-/// alive through a reference, which their removal from L1 releases. Others (an L2 read too
-/// large for L1, an entry evicted meanwhile) get an object that lives as long as JS uses it.
-pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsResult<RawValue> {
+/// Only entries L1 (still) holds keep their object alive through a reference, which their
+/// removal from L1 releases. Others (an L2 read too large for L1, an entry evicted meanwhile)
+/// get an object that lives as long as JS uses it.
+fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
     let owner = is_owner(env);
     if owner {
         let views = VIEWS.lock();
@@ -274,7 +274,7 @@ pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsRes
     }
     // SAFETY: all values are created in, and used within, this env during this call.
     let obj = unsafe { build_object(env.raw(), entry, owner)? };
-    if owner && in_l1() {
+    if owner && entry.in_l1() {
         let mut r = ptr::null_mut();
         // SAFETY: `obj` is a live object of this env.
         check_js(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
@@ -285,7 +285,7 @@ pub fn entry_object(env: &Env, entry: &Entry, in_l1: impl Fn() -> bool) -> JsRes
         // The entry may have left L1 (on another thread) between the check and the insert; its
         // removal was then reported before the reference existed. Check again, now that a
         // later removal is guaranteed to find the reference.
-        if !in_l1() {
+        if !entry.in_l1() {
             if let Some(r) = VIEWS.lock().as_mut().and_then(|m| m.remove(&entry.id)) {
                 // SAFETY: `r` was just created in this (owner) env.
                 unsafe {
@@ -503,7 +503,7 @@ pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
             entry,
             stale_by_tag,
         } => {
-            let obj = entry_object(env, &entry, || entry.in_l1())?;
+            let obj = entry_object(env, &entry)?;
             if stale_by_tag {
                 wrap_in_array(env, obj)
             } else {

@@ -39,10 +39,6 @@ pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// unchanged, so a value written and read on one host round-trips exactly.
 pub const SAME_CLOCK_MS: f64 = 1.0;
 
-/// Capacity left after an envelope planned with headroom, for the tail of the command framing it
-/// (`\r\n$2\r\nPX\r\n$<n>\r\n<ttl ms>\r\n` is at most 55 bytes).
-const FRAME_TAIL_ROOM: usize = 64;
-
 /// What [`Cache::plan_set`] decided.
 #[derive(Debug)]
 pub enum SetPlan {
@@ -495,7 +491,7 @@ impl Cache {
             }));
         }
         // With headroom the caller frames the envelope in place: leave room for its tail too.
-        let spare = if headroom > 0 { FRAME_TAIL_ROOM } else { 0 };
+        let spare = if headroom > 0 { L2::SET_TAIL_MAX } else { 0 };
         let envelope = match envelope::encode_after(
             vec![0; headroom],
             spare,

@@ -623,18 +623,27 @@ impl L2 {
     /// Appends the `SET` of [`L2::set_entry`] to `out` (RESP), for a connection outside the
     /// client library (the event-loop path). Its reply is `+OK`.
     pub fn encode_set(&self, out: &mut Vec<u8>, key: &str, value: &[u8], ttl: Duration) {
-        let entry_key = self.inner.keys.entry(key);
+        self.push_set_head(out, key, value.len());
+        out.extend_from_slice(value);
+        self.push_set_tail(out, ttl);
+    }
+
+    /// The `SET` command up to its value: `SET <entry key> <value of value_len bytes>`'s head.
+    fn push_set_head(&self, out: &mut Vec<u8>, key: &str, value_len: usize) {
+        resp::encode_count(out, 5);
+        resp::encode_args(out, &[b"SET", self.inner.keys.entry(key).as_bytes()]);
+        resp::encode_bulk_head(out, value_len);
+    }
+
+    /// The most [`L2::frame_set`] appends after an envelope (`\r\n$2\r\nPX\r\n$<n>\r\n<ttl
+    /// ms>\r\n` is at most 55 bytes): capacity to leave there so that appending does not move it.
+    pub const SET_TAIL_MAX: usize = 64;
+
+    /// The `SET` command after its value: the value's `\r\n`, then `PX <ttl ms>`.
+    fn push_set_tail(&self, out: &mut Vec<u8>, ttl: Duration) {
+        out.extend_from_slice(b"\r\n");
         let ttl_ms = self.ttl_ms(ttl).to_string();
-        resp::encode_command(
-            out,
-            &[
-                b"SET",
-                entry_key.as_bytes(),
-                value,
-                b"PX",
-                ttl_ms.as_bytes(),
-            ],
-        );
+        resp::encode_args(out, &[b"PX", ttl_ms.as_bytes()]);
     }
 
     /// Room to leave in front of an envelope so that [`L2::frame_set`] can put the `SET`
@@ -655,17 +664,12 @@ impl L2 {
         key: &str,
         ttl: Duration,
     ) -> Option<usize> {
-        let entry_key = self.inner.keys.entry(key);
         let envelope_len = buf.len().checked_sub(at)?;
-        let mut head = Vec::with_capacity(64 + entry_key.len());
-        resp::encode_count(&mut head, 5);
-        resp::encode_args(&mut head, &[b"SET", entry_key.as_bytes()]);
-        resp::encode_bulk_head(&mut head, envelope_len);
+        let mut head = Vec::with_capacity(64 + key.len());
+        self.push_set_head(&mut head, key, envelope_len);
         let start = at.checked_sub(head.len())?;
         buf[start..at].copy_from_slice(&head);
-        buf.extend_from_slice(b"\r\n");
-        let ttl_ms = self.ttl_ms(ttl).to_string();
-        resp::encode_args(buf, &[b"PX", ttl_ms.as_bytes()]);
+        self.push_set_tail(buf, ttl);
         Some(start)
     }
 
@@ -1225,7 +1229,17 @@ mod tests {
             buf.extend_from_slice(&envelope);
             let start = l2.frame_set(&mut buf, at, key, ttl).unwrap();
             assert_eq!(&buf[start..], &expected[..], "key {key:.20}, {len} bytes");
+            assert!(buf.len() - at - envelope.len() <= L2::SET_TAIL_MAX);
         }
+        // The command itself, spelled out once.
+        let mut out = Vec::new();
+        l2.encode_set(&mut out, "/a", b"abc", ttl);
+        let k = l2.keys().entry("/a");
+        let spelled = format!(
+            "*5\r\n$3\r\nSET\r\n${}\r\n{k}\r\n$3\r\nabc\r\n$2\r\nPX\r\n$7\r\n3600000\r\n",
+            k.len()
+        );
+        assert_eq!(out, spelled.as_bytes());
         // Not enough headroom: refused, nothing changed.
         let mut small = vec![0u8; 3];
         small.extend_from_slice(b"xyz");
