@@ -147,6 +147,11 @@ export interface StrataStats {
     /** Entry writes to Redis made on Node's event loop. */
     directWrites: number
   }
+  /**
+   * Internal errors (panics) contained at the boundary with Node since the process started:
+   * each became a miss (`get`) or a `STRATA_INTERNAL` rejection. Non-zero is a bug to report.
+   */
+  internalPanics: number
 }
 
 /** Counters of this process (handler calls, L1 and tags). */

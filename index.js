@@ -429,6 +429,7 @@ function stats() {
       ? { updated: n.tagsUpdated, records: n.tagRecords, staleHits: n.staleByTag, expiredMisses: n.expiredByTag }
       : null,
     l2: n && n.l2 ? { ...n.l2 } : null,
+    internalPanics: n ? n.internalPanics : 0,
   }
 }
 

@@ -19,6 +19,7 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use crate::js_entry::{self, RawValue};
+use crate::panic::{self, contained, Contained, Place};
 use crate::{internal, JsResult};
 
 /// What a finished call hands back: run on the environment's thread, it makes the promise's
@@ -114,22 +115,28 @@ fn bridge_for(env: sys::napi_env) -> JsResult<Arc<Bridge>> {
 }
 
 unsafe extern "C" fn forget_env(env: *mut c_void) {
-    if let Some(m) = BRIDGES.lock().as_mut() {
-        m.remove(&(env as usize));
-    }
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        if let Some(m) = BRIDGES.lock().as_mut() {
+            m.remove(&(env as usize));
+        }
+    });
 }
 
 unsafe extern "C" fn drop_context(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
-    // SAFETY: `data` is the Arc leaked in `bridge_for`, released exactly once, here.
-    let slot = Arc::from_raw(data as *const Mutex<Option<Arc<Bridge>>>);
-    let taken = slot.lock().take();
-    if let Some(bridge) = taken {
-        // Taking the queue's lock waits for a runtime thread that is calling the threadsafe
-        // function right now; every later completion sees `closed` and drops its result.
-        let mut queue = bridge.queue.lock();
-        queue.closed = true;
-        queue.done.clear();
-    }
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        // SAFETY: `data` is the Arc leaked in `bridge_for`, released exactly once, here.
+        let slot = Arc::from_raw(data as *const Mutex<Option<Arc<Bridge>>>);
+        let taken = slot.lock().take();
+        if let Some(bridge) = taken {
+            // Taking the queue's lock waits for a runtime thread that is calling the threadsafe
+            // function right now; every later completion sees `closed` and drops its result.
+            let mut queue = bridge.queue.lock();
+            queue.closed = true;
+            queue.done.clear();
+        }
+    });
 }
 
 /// Runs `fut` on the runtime and returns a promise of what its [`Settle`] makes.
@@ -150,8 +157,15 @@ where
         }
     }
     let deferred = deferred as usize;
+    let fut = Contained::new(async move {
+        panic::inject(Place::Task);
+        fut.await
+    });
     spawn(async move {
-        let settle = fut.await;
+        // A task that panicked still settles its promise: rejected, STRATA_INTERNAL.
+        let settle = fut
+            .await
+            .unwrap_or_else(|()| Box::new(|_: &Env| Err(contained())));
         let mut queue = bridge.queue.lock();
         if queue.closed {
             return;
@@ -193,7 +207,11 @@ unsafe extern "C" fn settle_queued(
     js_entry::release_pending(&env_ref);
     for Done { deferred, settle } in done {
         let deferred = deferred as sys::napi_deferred;
-        match settle(&env_ref) {
+        let value = panic::contain(|| {
+            panic::inject(Place::Settle);
+            settle(&env_ref)
+        });
+        match value.unwrap_or_else(|| Err(contained())) {
             Ok(v) => {
                 sys::napi_resolve_deferred(env, deferred, v.raw());
             }

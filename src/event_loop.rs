@@ -15,12 +15,19 @@
 //!
 //! Same guarantees as the runtime path: the circuit breaker gates and is told every outcome, a
 //! deadline bounds every request ([`L2::op_timeout`], a libuv timer), and a failure is a miss (or
-//! the L1 copy), never a rejection. A request past its deadline fails at once; it keeps its place
-//! in the queue (replies come in order) and its late reply is dropped. A connection that delivers
-//! nothing for four deadlines (at least a second) while requests wait, or any I/O or protocol
-//! error, drops the connection; the next request, once the breaker is closed, makes a new one on
-//! the runtime (connect, `AUTH`, `SELECT`; after a failed attempt the next waits 250 ms), and
-//! requests go through the runtime until it is up.
+//! the L1 copy), never a rejection. A request past its deadline, any I/O or protocol error, a
+//! reply nobody asked for, or a reply longer than the largest envelope L2 stores drops the
+//! connection: once a reply is overdue the stream cannot be trusted to be in step (a server or
+//! proxy that swallowed it would pair every later reply with the wrong request), and nothing
+//! longer than [`Cache::max_reply_bytes`] is ever buffered. The overdue requests fail as
+//! timeouts (they count for the breaker), the others in flight as collateral (they do not).
+//! The next request, once the breaker is closed, makes a new connection on the runtime
+//! (connect, `AUTH`, `SELECT`; after a failed attempt the next waits 250 ms), and requests go
+//! through the runtime until it is up. One callback reads at most [`READ_BUDGET`] bytes, so a
+//! flooding server cannot keep the loop from its timers.
+//!
+//! Every libuv callback runs under [`crate::panic::contain`]: a panic drops the connection and
+//! settles every request it carried (a miss for reads), instead of aborting the process.
 //!
 //! Three requests take this path: the `GET` of an entry, the `SET` of an entry, and the read of
 //! the invalidation log that `refreshTags` makes (`EVALSHA`, shared by the calls made before it
@@ -30,6 +37,7 @@
 //! the runtime. `STRATA_L2_DIRECT_READS=0` turns it off.
 //!
 //! [`Cache::finish_remote`]: strata_core::cache::Cache::finish_remote
+//! [`Cache::max_reply_bytes`]: strata_core::cache::Cache::max_reply_bytes
 //! [`L2::op_timeout`]: strata_core::l2::L2::op_timeout
 
 use std::cell::RefCell;
@@ -77,6 +85,10 @@ const DIRECT_SET_MAX: usize = 64 * 1024;
 /// in flight: then no other request waits behind its encoding, and the two thread hops of the
 /// runtime path are the larger cost (measured one in flight: see bench/RESULTS.md).
 const DIRECT_SET_MAX_IDLE: usize = 4 * 1024 * 1024;
+
+/// The most one libuv callback reads before returning to the loop (which calls it again at once
+/// if more is waiting: libuv's poll is level-triggered), so that timers run in between.
+const READ_BUDGET: usize = 4 * 1024 * 1024;
 
 /// After a failed connect, reads use the runtime for this long before the next attempt.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -168,6 +180,9 @@ struct State {
     dispatching: bool,
     /// `refreshTags` calls to hand to a runtime refresh (settled outside the state's borrow).
     to_runtime: Vec<sys::napi_deferred>,
+    /// Requests answered in the current callback, to settle once the state is released. Kept
+    /// here rather than on the stack so that a panic mid-callback cannot lose them.
+    ready: Vec<Done>,
 }
 
 enum Link {
@@ -196,10 +211,6 @@ struct Conn {
     /// `refreshTags` calls made while a refresh was in flight: served by one more read once it
     /// is back (so at most one read is in flight and one waits, as on the runtime path).
     waiting: Vec<sys::napi_deferred>,
-    /// When bytes last arrived, or the first request of a busy spell was sent ([`now_ms`]).
-    progress_at: u64,
-    /// With requests in flight and nothing arriving for this long, the connection is dropped.
-    stuck_after: u64,
 }
 
 struct Pending {
@@ -229,15 +240,18 @@ enum What {
         deferred: sys::napi_deferred,
         l1: SetOutcome,
     },
-    /// A request that timed out (already settled): its late reply is dropped.
-    Abandoned,
 }
 
-/// Why a connection was dropped.
-#[derive(Clone, Copy)]
+/// Why a request failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Failure {
+    /// Its deadline passed (trips the breaker).
     Timeout,
+    /// The connection broke (trips the breaker).
     Broken,
+    /// Its connection was dropped because another request timed out: says nothing about Redis
+    /// (its permit is released unreported).
+    Collateral,
 }
 
 /// A request to settle, once the state is no longer borrowed.
@@ -543,6 +557,7 @@ impl State {
             generation: 0,
             dispatching: false,
             to_runtime: Vec::new(),
+            ready: Vec::new(),
         })
     }
 
@@ -571,10 +586,6 @@ impl State {
                 false
             }
             Link::Connecting(slot) => {
-                let op_timeout = g
-                    .cache
-                    .l2()
-                    .map_or(Duration::from_millis(250), |l2| l2.op_timeout());
                 let outcome = slot.lock().take();
                 match outcome {
                     None => false,
@@ -584,7 +595,7 @@ impl State {
                         };
                         false
                     }
-                    Some(Ok(stream)) => match self.attach(stream, op_timeout) {
+                    Some(Ok(stream)) => match self.attach(stream, g.cache.max_reply_bytes()) {
                         Some(conn) => {
                             DIRECT_CONNECTS.fetch_add(1, Ordering::Relaxed);
                             self.link = Link::Up(conn);
@@ -602,13 +613,9 @@ impl State {
         }
     }
 
-    /// Registers a connected socket with this thread's loop.
-    fn attach(&mut self, stream: TcpStream, op_timeout: Duration) -> Option<Box<Conn>> {
-        // A deadline passing fails its request; a connection that delivers nothing for four
-        // deadlines (at least a second) is given up.
-        let stuck_after = u64::try_from(op_timeout.saturating_mul(4).as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1000);
+    /// Registers a connected socket with this thread's loop; its reader accepts replies of up
+    /// to `max_reply` bytes.
+    fn attach(&mut self, stream: TcpStream, max_reply: usize) -> Option<Box<Conn>> {
         if stream.set_nonblocking(true).is_err() {
             return None;
         }
@@ -648,7 +655,7 @@ impl State {
             stream,
             poll,
             timer,
-            reader: Reader::new(),
+            reader: Reader::with_max_reply(max_reply),
             out: Vec::with_capacity(4096),
             written: 0,
             pending: VecDeque::new(),
@@ -659,8 +666,6 @@ impl State {
             refreshes: 0,
             joinable_refresh: false,
             waiting: Vec::new(),
-            progress_at: 0,
-            stuck_after,
         }))
     }
 
@@ -699,9 +704,11 @@ impl State {
         }
     }
 
-    /// Drops the connection; every read in flight fails with `why`. The next read connects
-    /// anew (once the breaker is closed), so a restarted Redis is found at once.
+    /// Drops the connection; every read in flight fails with `why` (for [`Failure::Timeout`]:
+    /// those past their deadline; the others are [`Failure::Collateral`]). The next read
+    /// connects anew (once the breaker is closed), so a restarted Redis is found at once.
     fn drop_link(&mut self, why: Failure) -> Vec<Done> {
+        let now = now_ms();
         let link = std::mem::replace(
             &mut self.link,
             Link::Down {
@@ -716,7 +723,14 @@ impl State {
         let pending = std::mem::take(&mut conn.pending);
         let mut done: Vec<Done> = pending
             .into_iter()
-            .map(|pending| conn.complete(pending, Err(why)))
+            .map(|pending| {
+                let why = if why == Failure::Timeout && pending.deadline > now {
+                    Failure::Collateral
+                } else {
+                    why
+                };
+                conn.complete(pending, Err(why))
+            })
             .collect();
         let waiting = std::mem::take(&mut conn.waiting);
         if !waiting.is_empty() {
@@ -779,9 +793,6 @@ impl Conn {
     }
 
     fn after_enqueue(&mut self, timeout: u64) {
-        if self.pending.len() == 1 {
-            self.progress_at = now_ms();
-        }
         if !self.referenced {
             // SAFETY: a live handle of this thread's loop.
             unsafe { uv_ref(self.poll) };
@@ -836,9 +847,10 @@ impl Conn {
         Ok(())
     }
 
-    /// Reads what the socket has and parses every complete reply.
+    /// Reads what the socket has (up to [`READ_BUDGET`]) and parses every complete reply.
     fn read_in(&mut self, done: &mut Vec<Done>) -> Result<(), ()> {
         let fd = self.stream.as_raw_fd();
+        let mut budget = READ_BUDGET;
         loop {
             let spare = self.reader.spare();
             let want = spare.len();
@@ -848,22 +860,22 @@ impl Conn {
                 let n = n as usize;
                 // SAFETY: read(2) initialised `n` bytes of `spare`.
                 unsafe { self.reader.advance(n) };
-                self.progress_at = now_ms();
                 loop {
                     match self.reader.next_reply() {
                         Ok(Some(reply)) => {
                             let Some(pending) = self.pending.pop_front() else {
                                 return Err(()); // a reply nobody asked for
                             };
-                            if !matches!(pending.what, What::Abandoned) {
-                                done.push(self.complete(pending, Ok(reply)));
-                            }
+                            done.push(self.complete(pending, Ok(reply)));
+                            crate::panic::inject(crate::panic::Place::Poll);
                         }
                         Ok(None) => break,
                         Err(_) => return Err(()),
                     }
                 }
-                if n < want {
+                budget = budget.saturating_sub(n);
+                if n < want || budget == 0 {
+                    // Drained, or enough for one callback: the loop calls again if more waits.
                     return Ok(());
                 }
             } else if n == 0 {
@@ -901,20 +913,19 @@ unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int
     let generation = unsafe { generation_of(handle) };
     dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
-            return Vec::new();
+            return;
         };
-        let mut done = Vec::new();
         let mut ok = status >= 0;
         if ok && events & UV_WRITABLE != 0 {
             ok = conn.write_out().is_ok();
         }
         if ok && events & UV_READABLE != 0 {
-            ok = conn.read_in(&mut done).is_ok();
+            ok = conn.read_in(&mut state.ready).is_ok();
         }
         if !ok {
-            done.extend(state.drop_link(Failure::Broken));
+            let failed = state.drop_link(Failure::Broken);
+            state.ready.extend(failed);
         }
-        done
     });
 }
 
@@ -923,75 +934,81 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
     let generation = unsafe { generation_of(handle) };
     dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
-            return Vec::new();
+            return;
         };
         conn.timer_armed = false;
+        crate::panic::inject(crate::panic::Place::Timer);
         // libuv runs timers before polling: after a long JS task the replies may be waiting in
         // the socket already. Take them first; only a reply that did not arrive is late.
-        let mut done = Vec::new();
-        if conn.read_in(&mut done).is_err() {
-            done.extend(state.drop_link(Failure::Broken));
-            return done;
+        if conn.read_in(&mut state.ready).is_err() {
+            let failed = state.drop_link(Failure::Broken);
+            state.ready.extend(failed);
+            return;
         }
         let now = now_ms();
-        // Overdue requests (a prefix: deadlines follow the queue's order) fail now, as misses;
-        // each leaves a placeholder that swallows its late reply.
-        for i in 0..conn.pending.len() {
-            if conn.pending[i].deadline > now {
-                break;
+        // Deadlines follow the queue's order: the first request is the most overdue.
+        match conn.pending.front().map(|p| p.deadline) {
+            None => {}
+            Some(deadline) if deadline <= now => {
+                // A reply is overdue: the connection cannot be trusted to be in step any more.
+                let failed = state.drop_link(Failure::Timeout);
+                state.ready.extend(failed);
             }
-            if matches!(conn.pending[i].what, What::Abandoned) {
-                continue;
+            Some(deadline) => {
+                // SAFETY: a live handle of this thread's loop.
+                unsafe {
+                    uv_timer_start(conn.timer, on_timer, deadline.saturating_sub(now).max(1), 0)
+                };
+                conn.timer_armed = true;
             }
-            let placeholder = Pending {
-                what: What::Abandoned,
-                permit: None,
-                deadline: conn.pending[i].deadline,
-            };
-            let late = std::mem::replace(&mut conn.pending[i], placeholder);
-            done.push(conn.complete(late, Err(Failure::Timeout)));
         }
-        if conn.pending.is_empty() {
-            return done;
-        }
-        let stuck_at = conn.progress_at.saturating_add(conn.stuck_after);
-        if now >= stuck_at {
-            // Nothing arrived for a long time: the connection (or Redis) is stuck.
-            done.extend(state.drop_link(Failure::Timeout));
-            return done;
-        }
-        let next = conn
-            .pending
-            .iter()
-            .find(|p| !matches!(p.what, What::Abandoned))
-            .map_or(stuck_at, |p| p.deadline.min(stuck_at));
-        // SAFETY: a live handle of this thread's loop.
-        unsafe { uv_timer_start(conn.timer, on_timer, next.saturating_sub(now).max(1), 0) };
-        conn.timer_armed = true;
-        done
     });
 }
 
-/// A libuv callback of connection `generation`: `work` (with the state borrowed) returns the
-/// requests to settle; they are settled (their continuations run), then what those queued is
-/// written.
-fn dispatch(generation: u64, work: impl FnOnce(&mut State) -> Vec<Done>) {
-    let Some((env, done)) = STATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let state = slot.as_mut()?;
-        if state.generation != generation {
-            return None;
+/// A libuv callback of connection `generation`: `work` (with the state borrowed) puts the
+/// requests to settle into `state.ready`; they are settled (their continuations run), then what
+/// those queued is written. A panic anywhere in it is contained ([`recover`]).
+fn dispatch(generation: u64, work: impl FnOnce(&mut State)) {
+    let ran = crate::panic::contain(|| {
+        let Some((env, done)) = STATE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let state = slot.as_mut()?;
+            if state.generation != generation {
+                return None;
+            }
+            work(state);
+            state.dispatching = true;
+            Some((state.env, std::mem::take(&mut state.ready)))
+        }) else {
+            return;
+        };
+        if !done.is_empty() {
+            settle(env, done, Vec::new(), true);
         }
-        let done = work(state);
-        state.dispatching = true;
-        Some((state.env, done))
-    }) else {
-        return;
-    };
-    if !done.is_empty() {
-        settle(env, done, Vec::new(), true);
+        finish_dispatch();
+    });
+    if ran.is_none() {
+        recover();
     }
-    finish_dispatch();
+}
+
+/// After a panic in a libuv callback: drops the connection (its state may be half-updated) and
+/// settles everything it carried, as failures (misses for reads).
+fn recover() {
+    let _ = crate::panic::contain(|| {
+        let taken = STATE.with(|cell| {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            let state = slot.as_mut()?;
+            state.dispatching = false;
+            let mut done = std::mem::take(&mut state.ready);
+            done.extend(state.drop_link(Failure::Broken));
+            let to_runtime = std::mem::take(&mut state.to_runtime);
+            Some((state.env, done, to_runtime))
+        });
+        if let Some((env, done, to_runtime)) = taken {
+            settle(env, done, to_runtime, true);
+        }
+    });
 }
 
 /// After settling: writes what the continuations queued, updates the handle's reference.
@@ -1057,7 +1074,8 @@ fn settle(
         } in done
         {
             let Pending { what, permit, .. } = pending;
-            // Redis answered, whatever it said; no answer trips the breaker.
+            // Redis answered, whatever it said; no answer trips the breaker; a collateral
+            // failure says nothing about Redis (the permit is released unreported).
             let reply = match outcome {
                 Ok(reply) => {
                     if let Some(p) = permit {
@@ -1067,7 +1085,11 @@ fn settle(
                 }
                 Err(why) => {
                     if let Some(p) = permit {
-                        p.failure();
+                        if why == Failure::Collateral {
+                            drop(p);
+                        } else {
+                            p.failure();
+                        }
                     }
                     Err(match why {
                         Failure::Timeout => strata_core::Error::Timeout {
@@ -1075,7 +1097,6 @@ fn settle(
                                 What::Get { .. } => "get_entry",
                                 What::Refresh { .. } => "refresh",
                                 What::Set { .. } => "set_entry",
-                                What::Abandoned => "abandoned",
                             },
                             ms: g.cache.l2().map_or(0, |l2| {
                                 u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
@@ -1084,6 +1105,9 @@ fn settle(
                         Failure::Broken => {
                             strata_core::Error::Unavailable("connection lost".into())
                         }
+                        Failure::Collateral => strata_core::Error::Unavailable(
+                            "connection dropped after another request timed out".into(),
+                        ),
                     })
                 }
             };
@@ -1096,14 +1120,24 @@ fn settle(
                 What::Refresh { deferreds, covered } => {
                     settle_refresh(&env_ref, g, deferreds, covered, reply)
                 }
-                What::Abandoned => {}
                 What::Set { deferred, l1 } => {
                     DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
                     let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
-                    let report = g.cache.finish_set(l1, written);
-                    let value = crate::set_report_value(&env_ref, g, report)
-                        .map_or_else(|_| undefined(&env_ref), |v| v.raw());
-                    sys::napi_resolve_deferred(env, deferred, value);
+                    let value = crate::panic::contain(|| {
+                        crate::panic::inject(crate::panic::Place::Settle);
+                        let report = g.cache.finish_set(l1, written);
+                        crate::set_report_value(&env_ref, g, report)
+                    });
+                    match value {
+                        Some(v) => {
+                            let v = v.map_or_else(|_| undefined(&env_ref), |v| v.raw());
+                            sys::napi_resolve_deferred(env, deferred, v);
+                        }
+                        None => {
+                            let err = error_value(&env_ref, &contained_error());
+                            sys::napi_reject_deferred(env, deferred, err);
+                        }
+                    }
                 }
             }
             // The refresh is applied: other refreshes may run.
@@ -1139,11 +1173,15 @@ fn settle_get(
         _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
     });
     DIRECT_READS.fetch_add(1, Ordering::Relaxed);
-    let lookup = g.cache.finish_remote(key, soft_tags, fetched);
-    let value = match js_entry::lookup_value(env, lookup) {
-        Ok(v) => v.raw(),
-        // Could not build the value (out of memory in V8?): a miss.
-        Err(_) => null(env),
+    let value = crate::panic::contain(|| {
+        crate::panic::inject(crate::panic::Place::Settle);
+        let lookup = g.cache.finish_remote(key, soft_tags, fetched);
+        js_entry::lookup_value(env, lookup)
+    });
+    let value = match value {
+        Some(Ok(v)) => v.raw(),
+        // Could not build the value (out of memory in V8?), or a contained panic: a miss.
+        Some(Err(_)) | None => null(env),
     };
     // SAFETY: a deferred of this environment, settled exactly once.
     unsafe { sys::napi_resolve_deferred(env.raw(), deferred, value) };
@@ -1161,8 +1199,35 @@ fn settle_refresh(
     reply: strata_core::Result<Reply>,
 ) {
     DIRECT_REFRESHES.fetch_add(1, Ordering::Relaxed);
+    let judged = crate::panic::contain(|| {
+        crate::panic::inject(crate::panic::Place::Settle);
+        judge_refresh(env, g, covered, reply)
+    });
+    let (value, reject) =
+        judged.unwrap_or_else(|| (Ok(error_value(env, &contained_error())), true));
+    let value = value.unwrap_or_else(|_| undefined(env));
+    for deferred in deferreds {
+        // SAFETY: deferreds of this environment, each settled exactly once.
+        unsafe {
+            if reject {
+                sys::napi_reject_deferred(env.raw(), deferred, value);
+            } else {
+                sys::napi_resolve_deferred(env.raw(), deferred, value);
+            }
+        }
+    }
+}
+
+/// What a log read's reply means for the `refreshTags` calls it served: the value to settle
+/// them with, and whether it is a rejection.
+fn judge_refresh(
+    env: &Env,
+    g: &'static Global,
+    covered: u64,
+    reply: strata_core::Result<Reply>,
+) -> (JsResult<sys::napi_value>, bool) {
     let outcome = reply.and_then(strata_core::l2::L2::parse_refresh_reply);
-    let (value, reject) = match outcome {
+    match outcome {
         Ok(refresh) => {
             let more = g.cache.apply_refresh(refresh);
             g.cache.finish_direct_refresh(covered, true);
@@ -1182,18 +1247,12 @@ fn settle_refresh(
                 (Ok(undefined(env)), false)
             }
         }
-    };
-    let value = value.unwrap_or_else(|_| undefined(env));
-    for deferred in deferreds {
-        // SAFETY: deferreds of this environment, each settled exactly once.
-        unsafe {
-            if reject {
-                sys::napi_reject_deferred(env.raw(), deferred, value);
-            } else {
-                sys::napi_resolve_deferred(env.raw(), deferred, value);
-            }
-        }
     }
+}
+
+/// What a contained panic becomes for a promise this path rejects.
+fn contained_error() -> strata_core::Error {
+    strata_core::Error::Internal("internal error (a panic, contained; see the log)".into())
 }
 
 fn null(env: &Env) -> sys::napi_value {
@@ -1231,16 +1290,19 @@ fn error_value(env: &Env, e: &strata_core::Error) -> sys::napi_value {
 /// Environment teardown: closes the connection; reads in flight are abandoned (their promises
 /// belong to the dying environment).
 unsafe extern "C" fn teardown_env(_arg: *mut c_void) {
-    let state = STATE.with(|cell| cell.borrow_mut().take());
-    if let Some(mut state) = state {
-        if let Link::Up(conn) = std::mem::replace(
-            &mut state.link,
-            Link::Down {
-                retry_at: Instant::now(),
-            },
-        ) {
-            conn.close_handles();
-            // The permits of the abandoned reads drop unreported (see `Permit`).
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        let state = STATE.with(|cell| cell.borrow_mut().take());
+        if let Some(mut state) = state {
+            if let Link::Up(conn) = std::mem::replace(
+                &mut state.link,
+                Link::Down {
+                    retry_at: Instant::now(),
+                },
+            ) {
+                conn.close_handles();
+                // The permits of the abandoned reads drop unreported (see `Permit`).
+            }
         }
-    }
+    });
 }

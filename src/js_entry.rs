@@ -192,9 +192,12 @@ pub fn is_owner(env: &Env) -> bool {
 }
 
 unsafe extern "C" fn owner_gone(_arg: *mut c_void) {
-    // The environment is being torn down: its references die with it. Forget them.
-    OWNER.store(OWNER_GONE, Ordering::Release);
-    *VIEWS.lock() = None;
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        // The environment is being torn down: its references die with it. Forget them.
+        OWNER.store(OWNER_GONE, Ordering::Release);
+        *VIEWS.lock() = None;
+    });
 }
 
 /// Releases the references of entries that left L1. Cheap when nothing was removed.
@@ -298,8 +301,11 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
 }
 
 unsafe extern "C" fn drop_bytes(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
-    // SAFETY: `hint` is the Box<Bytes> leaked in `external_buffer`, finalized exactly once.
-    drop(Box::from_raw(hint as *mut Bytes));
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        // SAFETY: `hint` is the Box<Bytes> leaked in `external_buffer`, finalized exactly once.
+        drop(Box::from_raw(hint as *mut Bytes));
+    });
 }
 
 unsafe fn external_buffer(env: sys::napi_env, bytes: &Bytes) -> JsResult<sys::napi_value> {
@@ -397,12 +403,15 @@ pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
 }
 
 unsafe extern "C" fn factory_gone(env: *mut c_void) {
-    // The environment is being torn down, its references with it. (Forget the factory only if
-    // it is this env's: another env may have registered one on this thread since.)
-    FACTORY.with(|c| {
-        if c.get().is_some_and(|(e, _)| e.cast::<c_void>() == env) {
-            c.set(None);
-        }
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        // The environment is being torn down, its references with it. (Forget the factory only if
+        // it is this env's: another env may have registered one on this thread since.)
+        FACTORY.with(|c| {
+            if c.get().is_some_and(|(e, _)| e.cast::<c_void>() == env) {
+                c.set(None);
+            }
+        });
     });
 }
 

@@ -6,6 +6,7 @@
 mod bridge;
 mod event_loop;
 mod js_entry;
+mod panic;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -54,6 +55,7 @@ fn internal(msg: impl Into<String>) -> napi::Error<Code> {
 
 #[napi_derive::module_init]
 fn init_runtime() {
+    panic::install_hook();
     // Redis I/O runs on a small runtime of our own (2 named workers), never on Node's thread.
     if let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,108 +258,99 @@ impl Clock for SkewedClock {
 /// creates the process-wide cache on first call. Later calls return the existing configuration.
 #[napi]
 pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
-    let o = options.unwrap_or_default();
-    let code = Options {
-        l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
-        max_tags: whole("maxTags", o.max_tags, false)?,
-        redis_url: o.redis,
-        namespace: o.namespace,
-        max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
-        redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
-        l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
-        compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
-        strict: o.strict,
-        cluster: o.cluster,
-        redis_ca_file: o.redis_ca_file,
-    };
-    let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
-    let mut config = code.or(env).resolve().map_err(to_js)?;
-    if let Some(g) = GLOBAL.get() {
-        return Ok(describe(g, g.requested == config));
-    }
-    let requested = config.clone();
-    if o.build_phase == Some(true) {
-        // `next build` runs in other processes, with the build machine's environment: nothing
-        // it would write belongs to a deployment yet (design notes §8).
-        config.redis_url = None;
-    }
-    let namespace = match &config.redis_url {
-        None => None,
-        Some(_) => {
-            let dist = o
-                .dist_dir
-                .map(PathBuf::from)
-                .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
-                .unwrap_or_else(|| PathBuf::from(".next"));
-            let (ns, source) = namespace::resolve(
-                config.namespace.as_deref(),
-                |k| std::env::var(k).ok(),
-                &dist,
-            )
-            .map_err(to_js)?;
-            Some((ns, source.to_string()))
+    panic::guard(move || {
+        let o = options.unwrap_or_default();
+        let code = Options {
+            l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
+            max_tags: whole("maxTags", o.max_tags, false)?,
+            redis_url: o.redis,
+            namespace: o.namespace,
+            max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
+            redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
+            l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
+            compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
+            strict: o.strict,
+            cluster: o.cluster,
+            redis_ca_file: o.redis_ca_file,
+        };
+        let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
+        let mut config = code.or(env).resolve().map_err(to_js)?;
+        if let Some(g) = GLOBAL.get() {
+            return Ok(describe(g, g.requested == config));
         }
-    };
-    let skew = match o.clock_skew_ms {
-        Some(s) if s.is_finite() => s,
-        _ => std::env::var("STRATA_TEST_CLOCK_SKEW_MS")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite())
-            .unwrap_or(0.0),
-    };
-    // Next's clock, so tag stamps and entry timestamps are compared in one domain.
-    let base: SharedClock = match next_clock(&js_env) {
-        Some(clock) => Arc::new(clock),
-        None => Arc::new(SystemClock),
-    };
-    let clock: SharedClock = if skew == 0.0 {
-        base
-    } else {
-        Arc::new(SkewedClock(base, skew))
-    };
-    let cache = Cache::new(
-        &config,
-        clock,
-        Some(Arc::new(js_entry::on_entry_removed)),
-        namespace.as_ref().map(|(n, _)| n.clone()),
-    )
-    .map_err(to_js)?;
-    let cache = Arc::new(cache);
-    let mut created = false;
-    let g = GLOBAL.get_or_init(|| {
-        created = true;
-        install_panic_hook();
-        Global {
-            cache: Arc::clone(&cache),
-            requested: requested.clone(),
-            config: config.clone(),
-            namespace,
+        let requested = config.clone();
+        if o.build_phase == Some(true) {
+            // `next build` runs in other processes, with the build machine's environment: nothing
+            // it would write belongs to a deployment yet (design notes §8).
+            config.redis_url = None;
         }
-    });
-    if created && g.cache.has_l2() {
-        let bg = Arc::clone(&g.cache);
-        spawn(async move {
-            let mut ticks: u64 = 0;
-            let per_sync = CLOCK_SYNC_INTERVAL.as_secs().max(1);
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                ticks += 1;
-                bg.maintenance(ticks.is_multiple_of(per_sync)).await;
+        let namespace = match &config.redis_url {
+            None => None,
+            Some(_) => {
+                let dist = o
+                    .dist_dir
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
+                    .unwrap_or_else(|| PathBuf::from(".next"));
+                let (ns, source) = namespace::resolve(
+                    config.namespace.as_deref(),
+                    |k| std::env::var(k).ok(),
+                    &dist,
+                )
+                .map_err(to_js)?;
+                Some((ns, source.to_string()))
+            }
+        };
+        let skew = match o.clock_skew_ms {
+            Some(s) if s.is_finite() => s,
+            _ => std::env::var("STRATA_TEST_CLOCK_SKEW_MS")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .unwrap_or(0.0),
+        };
+        // Next's clock, so tag stamps and entry timestamps are compared in one domain.
+        let base: SharedClock = match next_clock(&js_env) {
+            Some(clock) => Arc::new(clock),
+            None => Arc::new(SystemClock),
+        };
+        let clock: SharedClock = if skew == 0.0 {
+            base
+        } else {
+            Arc::new(SkewedClock(base, skew))
+        };
+        let cache = Cache::new(
+            &config,
+            clock,
+            Some(Arc::new(js_entry::on_entry_removed)),
+            namespace.as_ref().map(|(n, _)| n.clone()),
+        )
+        .map_err(to_js)?;
+        let cache = Arc::new(cache);
+        let mut created = false;
+        let g = GLOBAL.get_or_init(|| {
+            created = true;
+            Global {
+                cache: Arc::clone(&cache),
+                requested: requested.clone(),
+                config: config.clone(),
+                namespace,
             }
         });
-    }
-    Ok(describe(g, created || g.requested == requested))
-}
-
-fn install_panic_hook() {
-    // napi-rs catches unwinds at the FFI boundary and turns them into JS exceptions; this hook
-    // makes sure the message is printed (panics carry no configuration, so nothing secret).
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!(
-            "strata-cache: internal panic (reported to the caller as STRATA_INTERNAL): {info}"
-        );
-    }));
+        if created && g.cache.has_l2() {
+            let bg = Arc::clone(&g.cache);
+            spawn(async move {
+                let mut ticks: u64 = 0;
+                let per_sync = CLOCK_SYNC_INTERVAL.as_secs().max(1);
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    ticks += 1;
+                    bg.maintenance(ticks.is_multiple_of(per_sync)).await;
+                }
+            });
+        }
+        Ok(describe(g, created || g.requested == requested))
+    })
 }
 
 /// Registers this thread's builder of entry objects, `(value, tags, stale, timestamp, expire,
@@ -365,7 +358,7 @@ fn install_panic_hook() {
 /// building them through napi). Without one, the addon builds them itself.
 #[napi(js_name = "setEntryFactory")]
 pub fn set_entry_factory(env: Env, factory: js_entry::JsFunction) -> Result<(), Code> {
-    js_entry::set_factory(&env, factory)
+    panic::guard(move || js_entry::set_factory(&env, factory))
 }
 
 /// Whether an L2 (Redis) is in use.
@@ -379,9 +372,12 @@ pub fn has_l2() -> bool {
 /// Buffer are created once per stored entry and shared by every hit (no copy per hit).
 #[napi(js_name = "ucGet")]
 pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
-    let g = global()?;
-    js_entry::release_pending(&env);
-    js_entry::lookup_value(&env, g.cache.get_local(&key))
+    panic::guard(move || {
+        panic::inject(panic::Place::Export);
+        let g = global()?;
+        js_entry::release_pending(&env);
+        js_entry::lookup_value(&env, g.cache.get_local(&key))
+    })
 }
 
 /// With L2: `get(cacheKey, softTags)`. A fresh L1 hit is returned at once (same shape as
@@ -391,22 +387,25 @@ pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
 /// through the runtime and the environment's bridge (`bridge.rs`).
 #[napi(js_name = "ucGetL2")]
 pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
-    let g = global()?;
-    js_entry::release_pending(&env);
-    match g.cache.get_local_fresh(&key, &soft_tags) {
-        Lookup::Miss => {}
-        hit => return js_entry::lookup_value(&env, hit),
-    }
-    let (key, soft_tags) = match event_loop::try_get(&env, g, key, soft_tags)? {
-        Ok(promise) => return Ok(promise),
-        Err(args) => args,
-    };
-    let fut = async move {
-        let lookup = g.cache.get_remote(&key, &soft_tags).await;
-        let settle: bridge::Settle = Box::new(move |env| js_entry::lookup_value(env, lookup));
-        settle
-    };
-    bridge::submit(&env, fut)
+    panic::guard(move || {
+        panic::inject(panic::Place::Export);
+        let g = global()?;
+        js_entry::release_pending(&env);
+        match g.cache.get_local_fresh(&key, &soft_tags) {
+            Lookup::Miss => {}
+            hit => return js_entry::lookup_value(&env, hit),
+        }
+        let (key, soft_tags) = match event_loop::try_get(&env, g, key, soft_tags)? {
+            Ok(promise) => return Ok(promise),
+            Err(args) => args,
+        };
+        let fut = async move {
+            let lookup = g.cache.get_remote(&key, &soft_tags).await;
+            let settle: bridge::Settle = Box::new(move |env| js_entry::lookup_value(env, lookup));
+            settle
+        };
+        bridge::submit(&env, fut)
+    })
 }
 
 /// A `set`'s outcome as one number, `l1 * 8 + l2` (see [`l1_code`], [`l2_code`]); index.js
@@ -441,19 +440,22 @@ pub fn uc_set_remote(
     expire: f64,
     revalidate: f64,
 ) -> Result<RawValue, Code> {
-    let g = global()?;
-    let meta = meta_of(tags, stale, timestamp, expire, revalidate);
-    let (chunks, meta) = match event_loop::try_set(&env, g, &key, chunks, meta)? {
-        event_loop::SetTry::Taken(promise) => return Ok(promise),
-        event_loop::SetTry::NotTaken(chunks, meta) => (chunks, meta),
-    };
-    let fut = async move {
-        let report = g.cache.set(&key, chunks.0, meta).await;
-        let settle: bridge::Settle =
-            Box::new(move |env| set_report_value(env, g, report.map_err(to_js)?));
-        settle
-    };
-    bridge::submit(&env, fut)
+    panic::guard(move || {
+        panic::inject(panic::Place::Export);
+        let g = global()?;
+        let meta = meta_of(tags, stale, timestamp, expire, revalidate);
+        let (chunks, meta) = match event_loop::try_set(&env, g, &key, chunks, meta)? {
+            event_loop::SetTry::Taken(promise) => return Ok(promise),
+            event_loop::SetTry::NotTaken(chunks, meta) => (chunks, meta),
+        };
+        let fut = async move {
+            let report = g.cache.set(&key, chunks.0, meta).await;
+            let settle: bridge::Settle =
+                Box::new(move |env| set_report_value(env, g, report.map_err(to_js)?));
+            settle
+        };
+        bridge::submit(&env, fut)
+    })
 }
 
 /// The `{ l1, l2 }` object a set's promise resolves to.
@@ -471,11 +473,13 @@ fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawVal
 /// empty). Rejects only in strict mode.
 #[napi(js_name = "ucRefreshTags")]
 pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
-    let g = global()?;
-    if let Some(promise) = event_loop::try_refresh(&env, g)? {
-        return Ok(promise);
-    }
-    refresh_on_runtime(&env, g)
+    panic::guard(move || {
+        let g = global()?;
+        if let Some(promise) = event_loop::try_refresh(&env, g)? {
+            return Ok(promise);
+        }
+        refresh_on_runtime(&env, g)
+    })
 }
 
 /// `refreshTags` on the runtime (through the bridge).
@@ -534,11 +538,14 @@ pub fn uc_set(
     expire: f64,
     revalidate: f64,
 ) -> Result<u32, Code> {
-    let g = global()?;
-    js_entry::release_pending(&env);
-    let meta = meta_of(tags, stale, timestamp, expire, revalidate);
-    let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
-    Ok(l1_code(g, outcome))
+    panic::guard(move || {
+        panic::inject(panic::Place::Export);
+        let g = global()?;
+        js_entry::release_pending(&env);
+        let meta = meta_of(tags, stale, timestamp, expire, revalidate);
+        let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
+        Ok(l1_code(g, outcome))
+    })
 }
 
 /// `durations` of `updateTags`.
@@ -568,9 +575,11 @@ fn durations_of(d: Option<JsDurations>) -> JsResult<Option<Durations>> {
 /// `updateTags(tags, durations?)` without L2 (synchronous).
 #[napi(js_name = "ucUpdateTags")]
 pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Result<(), Code> {
-    let g = global()?;
-    g.cache.update_tags_local(&tags, durations_of(durations)?);
-    Ok(())
+    panic::guard(move || {
+        let g = global()?;
+        g.cache.update_tags_local(&tags, durations_of(durations)?);
+        Ok(())
+    })
 }
 
 /// `updateTags(tags, durations?)` recorded in Redis (atomic, stamped by Redis): a promise.
@@ -581,17 +590,19 @@ pub fn uc_update_tags_remote(
     tags: Vec<String>,
     durations: Option<JsDurations>,
 ) -> Result<RawValue, Code> {
-    let g = global()?;
-    let durations = durations_of(durations)?;
-    let fut = async move {
-        let result = g.cache.update_tags(&tags, durations).await;
-        let settle: bridge::Settle = Box::new(move |env| {
-            result.map_err(to_js)?;
-            js_entry::undefined(env)
-        });
-        settle
-    };
-    bridge::submit(&env, fut)
+    panic::guard(move || {
+        let g = global()?;
+        let durations = durations_of(durations)?;
+        let fut = async move {
+            let result = g.cache.update_tags(&tags, durations).await;
+            let settle: bridge::Settle = Box::new(move |env| {
+                result.map_err(to_js)?;
+                js_entry::undefined(env)
+            });
+            settle
+        };
+        bridge::submit(&env, fut)
+    })
 }
 
 /// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;
@@ -604,14 +615,22 @@ pub async fn flush(timeout_ms: f64) -> napi::Result<u32> {
     } else {
         0.0
     };
-    let left = g.cache.flush(Duration::from_secs_f64(ms / 1000.0)).await;
+    let flushed = panic::Contained::new(
+        g.cache
+            .flush(strata_core::clock::duration_from_secs(ms / 1000.0)),
+    );
+    let left = flushed.await.map_err(|()| {
+        napi::Error::from_reason(
+            "[STRATA_INTERNAL] internal error (a panic, contained; see the log)",
+        )
+    })?;
     Ok(u32::try_from(left).unwrap_or(u32::MAX))
 }
 
 /// `getExpiration(tags)`.
 #[napi(js_name = "ucGetExpiration")]
 pub fn uc_get_expiration(tags: Vec<String>) -> Result<f64, Code> {
-    Ok(global()?.cache.get_expiration(&tags))
+    panic::guard(move || Ok(global()?.cache.get_expiration(&tags)))
 }
 
 /// Counters and sizes of the process-wide cache.
@@ -645,6 +664,9 @@ pub struct NativeStats {
     pub tag_records: f64,
     /// Entry objects currently shared with JS.
     pub js_views: f64,
+    /// Internal errors (panics) contained at the boundary with Node: each became a miss or a
+    /// `STRATA_INTERNAL` rejection. Non-zero is a bug worth reporting.
+    pub internal_panics: f64,
     /// L2 counters, when Redis is configured.
     pub l2: Option<NativeL2Stats>,
 }
@@ -749,6 +771,7 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
         tags_updated: s.tags_updated as f64,
         tag_records: s.tag_records as f64,
         js_views: js_entry::live_views() as f64,
+        internal_panics: panic::PANICS.load(Ordering::Relaxed) as f64,
         l2,
     })
 }

@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::l1::RemovalHook;
 use crate::l2::{L2Config, LogCursor, Refresh, L2};
 use crate::metrics::Metrics;
+use crate::resp;
 use crate::store::{Lookup, SetOutcome, Stats, Store};
 use crate::tags::Durations;
 
@@ -234,6 +235,15 @@ impl Cache {
         self.remote.as_ref().map(|r| &r.metrics)
     }
 
+    /// The largest reply an L2 reader should accept: the largest envelope this cache writes
+    /// (a bigger one is never ours). A reader bounded by it never buffers more than that,
+    /// whatever the server sends (`resp::Reader::with_max_reply`).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.remote
+            .as_ref()
+            .map_or(resp::DEFAULT_MAX_REPLY, |r| max_envelope(r.max_value))
+    }
+
     /// Invalidations waiting for Redis.
     pub fn pending_invalidations(&self) -> usize {
         self.remote.as_ref().map_or(0, |r| r.pending.lock().len())
@@ -416,7 +426,12 @@ impl Cache {
             expire,
             revalidate,
         };
-        if meta.validate().is_err() || self.store.admit(&meta).ok().flatten().is_some() {
+        // Fields from outside: out of range (whatever the checksum says) is a decode error.
+        if !crate::clock::is_valid_timestamp_ms(server_ts) || meta.validate().is_err() {
+            Metrics::inc(&r.metrics.decode_errors);
+            return None;
+        }
+        if self.store.admit(&meta).ok().flatten().is_some() {
             Metrics::inc(&r.metrics.misses);
             return None;
         }
@@ -512,8 +527,18 @@ impl Cache {
             Ok(e) => e,
             Err(e) => return Err(Error::invalid_arg("entry", e.to_string())),
         };
+        if envelope.len() - headroom > max_envelope(r.max_value) {
+            // A huge key or tag list: readers would refuse the reply (see `max_reply_bytes`).
+            Metrics::inc(&r.metrics.too_large);
+            let first = !r.warned_too_large.swap(true, Ordering::Relaxed);
+            return Ok(SetPlan::Done(SetReport {
+                l1,
+                l2: L2Write::TooLarge { first },
+            }));
+        }
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
-        let ttl = Duration::from_secs_f64((remaining_ms / 1000.0).clamp(0.001, 1e9)).min(r.max_ttl);
+        let ttl =
+            crate::clock::duration_from_secs((remaining_ms / 1000.0).max(0.001)).min(r.max_ttl);
         Ok(SetPlan::Write {
             l1,
             envelope,
@@ -781,4 +806,12 @@ impl Cache {
     pub fn get_expiration(&self, tags: &[String]) -> f64 {
         self.store.get_expiration(tags)
     }
+}
+
+/// Room for the key, the tags and the fixed fields of an envelope around a payload.
+const ENVELOPE_HEADROOM: usize = 4 * 1024 * 1024;
+
+/// The largest envelope written (and accepted) for payloads of at most `max_value` bytes.
+fn max_envelope(max_value: usize) -> usize {
+    max_value.saturating_add(ENVELOPE_HEADROOM)
 }

@@ -5,7 +5,27 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The largest timestamp accepted from outside (JS or Redis), in ms since the epoch: room for
+/// "now + the longest lifetime" (a tag expiring "never" is stamped now + 1e12 s), far below
+/// anything that overflows. Anything later is garbage, not a time.
+pub const MAX_TIMESTAMP_MS: f64 = 1e16;
+
+/// Whether `ms` is a timestamp this crate accepts from outside: finite, in `[0, MAX_TIMESTAMP_MS]`.
+pub fn is_valid_timestamp_ms(ms: f64) -> bool {
+    ms.is_finite() && (0.0..=MAX_TIMESTAMP_MS).contains(&ms)
+}
+
+/// `secs` as a [`Duration`], saturating: NaN and anything ≤ 0 give zero, anything too large for a
+/// `Duration` gives [`Duration::MAX`]. `Duration::from_secs_f64` panics on those; this never
+/// does, so a value read from outside can never abort the process through a conversion.
+pub fn duration_from_secs(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+}
 
 /// A source of "now" in milliseconds since the Unix epoch (fractional).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -129,6 +149,21 @@ impl OffsetClock {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn duration_from_secs_saturates_instead_of_panicking() {
+        use super::duration_from_secs;
+        use std::time::Duration;
+        assert_eq!(duration_from_secs(1.5), Duration::from_millis(1500));
+        assert_eq!(duration_from_secs(f64::NAN), Duration::ZERO);
+        assert_eq!(duration_from_secs(-1e300), Duration::ZERO);
+        assert_eq!(duration_from_secs(1e300), Duration::MAX);
+        assert_eq!(duration_from_secs(f64::INFINITY), Duration::MAX);
+        assert!(super::is_valid_timestamp_ms(1_795_357_925_414.61));
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1e300, 1e17] {
+            assert!(!super::is_valid_timestamp_ms(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 /// `INFINITE_CACHE` in Next (`dist/lib/constants.js`): an `expire` meaning "never".
 pub const INFINITE_CACHE_SECONDS: f64 = 4_294_967_294.0;
 
+/// The largest lifetime (`stale`, `revalidate`, `expire`) accepted, in seconds: ~31 700 years,
+/// far above Next's "never" ([`INFINITE_CACHE_SECONDS`]), far below what overflows a timestamp.
+pub const MAX_LIFETIME_SECONDS: f64 = 1e12;
+
 /// Bytes charged per entry on top of key, value and tags (the `Entry` struct, `Arc`s, the
 /// moka node and hash slot), so that a flood of tiny entries is bounded too.
 pub const ENTRY_OVERHEAD_BYTES: usize = 160;
@@ -30,12 +34,14 @@ pub struct EntryMeta {
 }
 
 impl EntryMeta {
-    /// Checks the values Next could never send, so garbage does not enter the cache.
+    /// Checks the values Next could never send, so garbage does not enter the cache: the one
+    /// rule for metadata from JS (`set`) and from Redis (an L2 read), so that whatever passes
+    /// it can be used in arithmetic and `Duration` conversions without a further check.
     pub fn validate(&self) -> Result<()> {
-        if !self.timestamp.is_finite() || self.timestamp < 0.0 {
+        if !crate::clock::is_valid_timestamp_ms(self.timestamp) {
             return Err(Error::invalid_arg(
                 "entry.timestamp",
-                "must be a finite, non-negative number of ms since the epoch",
+                "must be a finite number of ms since the epoch, at most 1e16",
             ));
         }
         for (name, v) in [
@@ -43,10 +49,10 @@ impl EntryMeta {
             ("entry.expire", self.expire),
             ("entry.revalidate", self.revalidate),
         ] {
-            if !v.is_finite() {
+            if !v.is_finite() || v.abs() > MAX_LIFETIME_SECONDS {
                 return Err(Error::invalid_arg(
                     name,
-                    "must be a finite number of seconds",
+                    "must be a finite number of seconds, at most 1e12 in size",
                 ));
             }
         }
@@ -165,6 +171,19 @@ mod tests {
         let mut m = meta();
         m.revalidate = -1.0; // a handler may hand back -1; accepting it on set is harmless
         assert!(m.validate().is_ok());
+        // Finite but absurd: would overflow a `Duration` (the expire = 1e300 abort of issue 11).
+        for (field, v) in [("expire", 1e300), ("stale", -1e300), ("revalidate", 1e13)] {
+            let mut m = meta();
+            match field {
+                "expire" => m.expire = v,
+                "stale" => m.stale = v,
+                _ => m.revalidate = v,
+            }
+            assert!(m.validate().is_err(), "{field} = {v}");
+        }
+        let mut m = meta();
+        m.timestamp = 1e300;
+        assert!(m.validate().is_err());
     }
 
     #[test]

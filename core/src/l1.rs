@@ -91,7 +91,7 @@ pub fn ttl_for(expires_at_ms: f64, now_ms: f64) -> Duration {
     if !remaining_ms.is_finite() || remaining_ms <= 0.0 {
         return Duration::ZERO;
     }
-    Duration::from_secs_f64(remaining_ms / 1000.0).min(MAX_L1_TTL)
+    crate::clock::duration_from_secs(remaining_ms / 1000.0).min(MAX_L1_TTL)
 }
 
 impl Expiry<Key, Arc<Entry>> for EntryExpiry {

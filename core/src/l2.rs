@@ -78,7 +78,7 @@ pub const REFRESH_BATCH: usize = 512;
 
 /// A `durations.expire` beyond this many seconds (or infinite) is stored as this: about 31 700
 /// years, so "never" stays a finite, exactly representable stamp.
-const MAX_EXPIRE_SECONDS: f64 = 1e12;
+const MAX_EXPIRE_SECONDS: f64 = crate::entry::MAX_LIFETIME_SECONDS;
 
 /// Configuration of the L2.
 #[derive(Clone)]
@@ -342,11 +342,13 @@ enum Request {
 enum Verdict {
     /// Redis answered (possibly with an error): it is up.
     Answered,
-    /// Slow: trips the breaker, the connection is kept (a slow Redis is not helped by more
-    /// connections).
-    Slow,
-    /// The connection failed: trips the breaker, the next call connects anew.
-    Broken,
+    /// No answer in time, or the connection failed: trips the breaker, and the next call
+    /// connects anew. A connection with a reply overdue cannot be trusted to be in step any
+    /// more: a server (or proxy) that swallowed replies would pair every later reply with the
+    /// wrong request, and one streaming a huge reply would keep it buffering. Dropping it
+    /// aborts its reader (redis-rs aborts a connection's driver with its last handle), so what
+    /// a misbehaving server can make us buffer is bounded by what arrives within one deadline.
+    Failed,
 }
 
 /// A single Redis server reachable over plain TCP with RESP2 (see [`L2::direct_target`]).
@@ -826,8 +828,12 @@ impl L2 {
         let (Ok(sec), Ok(usec)) = (sec.parse::<f64>(), usec.parse::<f64>()) else {
             return Err(Error::Redis("TIME: not numbers".to_owned()));
         };
+        let server_ms = sec * 1000.0 + usec / 1000.0;
+        if !crate::clock::is_valid_timestamp_ms(server_ms) || !(0.0..1e6).contains(&usec) {
+            return Err(Error::Redis(format!("TIME: out of range ({sec}, {usec})")));
+        }
         Ok(ServerTime {
-            server_ms: sec * 1000.0 + usec / 1000.0,
+            server_ms,
             local_mid_ms: (before + after) / 2.0,
             rtt_ms,
         })
@@ -864,7 +870,7 @@ impl L2 {
                 Err(error)
             }
             Err(_elapsed) => {
-                self.inner.report(permit, Verdict::Slow, used);
+                self.inner.report(permit, Verdict::Failed, used);
                 Err(self.inner.timeout(op))
             }
         }
@@ -882,8 +888,7 @@ impl Inner {
     fn report(&self, permit: Permit, verdict: Verdict, generation: Option<u64>) {
         match verdict {
             Verdict::Answered => permit.success(),
-            Verdict::Slow => permit.failure(),
-            Verdict::Broken => {
+            Verdict::Failed => {
                 if let Some(generation) = generation {
                     self.forget(generation);
                 }
@@ -894,17 +899,19 @@ impl Inner {
 
     fn classify(&self, op: &'static str, e: &RedisError) -> (Error, Verdict) {
         if e.is_timeout() {
-            return (self.timeout(op), Verdict::Slow);
+            return (self.timeout(op), Verdict::Failed);
         }
         let message = || format!("{op}: {}", scrub(&e.to_string(), &self.secrets));
         match e.kind() {
             ErrorKind::Io
+            // The stream is not RESP (a broken proxy, garbage): nothing after it can be trusted.
+            | ErrorKind::Parse
             | ErrorKind::ClusterConnectionNotFound
             | ErrorKind::AuthenticationFailed
             // A single-server connection still pointing at a primary that was demoted by a
             // failover: the connection manager does not reconnect for this, so we do.
             | ErrorKind::Server(ServerErrorKind::ReadOnly) => {
-                (Error::Unavailable(message()), Verdict::Broken)
+                (Error::Unavailable(message()), Verdict::Failed)
             }
             // Answers, but Redis cannot serve right now.
             ErrorKind::Server(
@@ -1165,7 +1172,7 @@ fn strings(v: Value, what: &str) -> Result<Vec<String>> {
 
 fn parse_ms(s: &str) -> Result<f64> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) if crate::clock::is_valid_timestamp_ms(v) => Ok(v),
         _ => Err(Error::Redis(format!("malformed time {s:?}"))),
     }
 }

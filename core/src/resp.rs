@@ -24,8 +24,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_LINE: usize = 64 * 1024;
 /// Nested arrays deeper than this are a protocol error (scripts return shallow arrays).
 const MAX_DEPTH: usize = 8;
-/// Largest bulk string accepted (Redis' own `proto-max-bulk-len` default is 512 MB).
-const MAX_BULK: usize = 512 * 1024 * 1024;
+/// The default of [`Reader::with_max_reply`]: the largest reply a reader made by
+/// [`Reader::new`] accepts.
+pub const DEFAULT_MAX_REPLY: usize = 64 * 1024 * 1024;
 
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,18 +101,41 @@ struct Direct {
 }
 
 /// The incremental reply reader.
-#[derive(Debug, Default)]
+///
+/// Whatever the server sends, it never panics and never holds more than about
+/// [`Reader::with_max_reply`]'s bound: a longer bulk string is a [`ProtocolError`] as soon as
+/// its header arrives (before anything is allocated for it), and so is a reply that grows past
+/// the bound without completing (a huge array). The caller then drops the connection.
+#[derive(Debug)]
 pub struct Reader {
     buf: Vec<u8>,
     /// Parsed up to here; `buf[start..]` is unparsed.
     start: usize,
     direct: Option<Direct>,
+    max_reply: usize,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Self::with_max_reply(DEFAULT_MAX_REPLY)
+    }
 }
 
 impl Reader {
-    /// An empty reader.
+    /// An empty reader accepting replies up to [`DEFAULT_MAX_REPLY`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty reader accepting bulk strings (and whole replies) of at most `max_reply` bytes:
+    /// what the caller can use, e.g. the largest envelope L2 stores.
+    pub fn with_max_reply(max_reply: usize) -> Self {
+        Reader {
+            buf: Vec::new(),
+            start: 0,
+            direct: None,
+            max_reply,
+        }
     }
 
     /// Where the next `read(2)` should write. Never empty.
@@ -184,15 +208,11 @@ impl Reader {
             return Ok(Some(Reply::Bulk(Bytes::from(d.value))));
         }
         let avail = &self.buf[self.start..];
+        let max = self.max_reply;
         // A top-level bulk string that is long and incomplete switches to a direct read.
         if avail.first() == Some(&b'$') {
             if let Some(header) = line(avail)? {
-                let len = parse_int(&avail[1..header - 2])?;
-                if len >= 0 {
-                    let len = usize::try_from(len).map_err(|_| ProtocolError("bulk length"))?;
-                    if len > MAX_BULK {
-                        return Err(ProtocolError("bulk string too long"));
-                    }
+                if let Some(len) = bulk_len(&avail[1..header - 2], max)? {
                     if len >= DIRECT_MIN && avail.len() < header + len + 2 {
                         let have = avail.len() - header;
                         let mut value = Vec::with_capacity(len);
@@ -214,7 +234,7 @@ impl Reader {
                 }
             }
         }
-        match parse(avail, 0)? {
+        match parse(avail, 0, max)? {
             Some((reply, used)) => {
                 self.start += used;
                 if self.start == self.buf.len() {
@@ -223,15 +243,37 @@ impl Reader {
                 }
                 Ok(Some(reply))
             }
+            // An incomplete reply already past the bound (e.g. an endless array) will not
+            // become acceptable by waiting for more.
+            None if avail.len() > max.saturating_add(MAX_LINE) => {
+                Err(ProtocolError("reply too long"))
+            }
             None => Ok(None),
         }
     }
 }
 
-/// Just past the `\r\n` that ends the first line of `buf`, once it has arrived.
+/// The length of a bulk string from its header's digits: `None` for the nil bulk (`-1`).
+fn bulk_len(digits: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
+    match parse_int(digits)? {
+        -1 => Ok(None),
+        n if n < 0 => Err(ProtocolError("negative length")),
+        n => {
+            let n = usize::try_from(n).map_err(|_| ProtocolError("bulk length"))?;
+            if n > max {
+                return Err(ProtocolError("bulk string too long"));
+            }
+            Ok(Some(n))
+        }
+    }
+}
+
+/// Just past the `\r\n` that ends the first line of `buf`, once it has arrived. The line holds
+/// at least the type byte: callers slice `buf[1..end - 2]`.
 fn line(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
     let scan = &buf[..buf.len().min(MAX_LINE)];
     match scan.windows(2).position(|w| w == b"\r\n") {
+        Some(0) => Err(ProtocolError("empty header line")),
         Some(i) => Ok(Some(i + 2)),
         None if buf.len() >= MAX_LINE => Err(ProtocolError("header line too long")),
         None => Ok(None),
@@ -246,7 +288,7 @@ fn parse_int(digits: &[u8]) -> Result<i64, ProtocolError> {
 }
 
 /// One complete reply at the start of `buf` and the bytes it used, or `None` if incomplete.
-fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolError> {
+fn parse(buf: &[u8], depth: usize, max: usize) -> Result<Option<(Reply, usize)>, ProtocolError> {
     if depth > MAX_DEPTH {
         return Err(ProtocolError("arrays nested too deep"));
     }
@@ -260,14 +302,9 @@ fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolErr
         b'-' => Ok(Some((Reply::Error(text()), header))),
         b':' => Ok(Some((Reply::Int(parse_int(body)?), header))),
         b'$' => {
-            let len = parse_int(body)?;
-            if len < 0 {
+            let Some(len) = bulk_len(body, max)? else {
                 return Ok(Some((Reply::Nil, header)));
-            }
-            let len = usize::try_from(len).map_err(|_| ProtocolError("bulk length"))?;
-            if len > MAX_BULK {
-                return Err(ProtocolError("bulk string too long"));
-            }
+            };
             let end = header + len;
             if buf.len() < end + 2 {
                 return Ok(None);
@@ -281,15 +318,15 @@ fn parse(buf: &[u8], depth: usize) -> Result<Option<(Reply, usize)>, ProtocolErr
             )))
         }
         b'*' => {
-            let n = parse_int(body)?;
-            if n < 0 {
-                return Ok(Some((Reply::Nil, header)));
-            }
-            let n = usize::try_from(n).map_err(|_| ProtocolError("array length"))?;
+            let n = match parse_int(body)? {
+                -1 => return Ok(Some((Reply::Nil, header))),
+                n if n < 0 => return Err(ProtocolError("negative length")),
+                n => usize::try_from(n).map_err(|_| ProtocolError("array length"))?,
+            };
             let mut items = Vec::with_capacity(n.min(1024));
             let mut at = header;
             for _ in 0..n {
-                match parse(&buf[at..], depth + 1)? {
+                match parse(&buf[at..], depth + 1, max)? {
                     Some((item, used)) => {
                         items.push(item);
                         at += used;
@@ -433,6 +470,53 @@ mod tests {
         let mut r = Reader::new();
         r.feed(&deep);
         assert!(r.next_reply().is_err());
+    }
+
+    #[test]
+    fn hostile_headers_are_protocol_errors_not_panics() {
+        for wire in [
+            &b"\r\n"[..],
+            b"\r\n$3\r\nabc\r\n",
+            b"$-5\r\n",
+            b"*-2\r\n",
+            b"*1\r\n\r\n",
+            b"$\r\n",
+            b":\r\n",
+        ] {
+            let mut r = Reader::new();
+            r.feed(wire);
+            assert!(r.next_reply().is_err(), "{wire:?}");
+        }
+        // The nil forms stay valid.
+        let mut r = Reader::new();
+        r.feed(b"$-1\r\n*-1\r\n");
+        assert_eq!(all(&mut r), vec![Reply::Nil, Reply::Nil]);
+    }
+
+    #[test]
+    fn nothing_over_the_bound_is_buffered() {
+        // A bulk over the bound fails on its header, before anything is allocated for it.
+        let mut r = Reader::with_max_reply(1000);
+        r.feed(b"$1001\r\n");
+        assert!(r.next_reply().is_err());
+        let mut r = Reader::with_max_reply(DIRECT_MIN * 2);
+        r.feed(format!("${}\r\n", DIRECT_MIN * 2).as_bytes());
+        assert_eq!(r.next_reply().unwrap(), None, "at the bound is fine");
+        let mut r = Reader::with_max_reply(DIRECT_MIN);
+        r.feed(b"$524288000\r\n");
+        assert!(r.next_reply().is_err());
+        // An endless array of small items fails once it outgrows the bound.
+        let mut r = Reader::with_max_reply(1000);
+        r.feed(b"*1000000\r\n");
+        let mut failed = false;
+        for _ in 0..100_000 {
+            r.feed(b":1\r\n");
+            if r.next_reply().is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed);
     }
 
     #[test]

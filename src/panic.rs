@@ -1,0 +1,139 @@
+//! Panics never cross into Node.
+//!
+//! A panic that unwinds out of an `extern "C"` function (a libuv callback, the threadsafe
+//! function that settles promises) aborts the whole process, and a panic inside a spawned task
+//! loses the promise it was to settle. Both are fleet-wide outages for a cache: every instance
+//! reading the same bad value would die or hang at once. So every boundary runs its work under
+//! [`contain`] (synchronous code) or [`Contained`] (a future), and every `#[napi]` export is
+//! `catch_unwind`. A contained panic is counted ([`PANICS`]), printed once per code location
+//! by the hook [`install_hook`] sets, and becomes what the boundary documents: a miss for a
+//! `get`, a `STRATA_INTERNAL` rejection elsewhere. The promise always settles.
+//!
+//! Tests force a panic in each place with `STRATA_TEST_PANIC=<place>[,<place>…]` (see
+//! [`Place`]): read once per process, it costs one relaxed load per check when unset.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+
+/// Panics contained since the process started (`stats().internalPanics`).
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Where a test can force a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// The libuv poll callback of the event-loop L2 path, after a reply was parsed.
+    Poll,
+    /// Its libuv timer callback (deadlines).
+    Timer,
+    /// Settling one promise from a queue (bridge or event loop).
+    Settle,
+    /// A task on the runtime that settles a promise.
+    Task,
+    /// The body of a `#[napi]` export (`get`, `set`).
+    Export,
+}
+
+impl Place {
+    const ALL: [(Place, &'static str); 5] = [
+        (Place::Poll, "poll"),
+        (Place::Timer, "timer"),
+        (Place::Settle, "settle"),
+        (Place::Task, "task"),
+        (Place::Export, "export"),
+    ];
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+fn forced() -> u32 {
+    static MASK: OnceLock<u32> = OnceLock::new();
+    *MASK.get_or_init(|| {
+        let Ok(list) = std::env::var("STRATA_TEST_PANIC") else {
+            return 0;
+        };
+        list.split(',')
+            .filter_map(|name| Place::ALL.iter().find(|(_, n)| *n == name.trim()))
+            .fold(0, |mask, (place, _)| mask | place.bit())
+    })
+}
+
+/// Panics here if the test hook asks for it (`STRATA_TEST_PANIC`).
+pub fn inject(place: Place) {
+    if forced() & place.bit() != 0 {
+        panic!("forced by STRATA_TEST_PANIC ({place:?})");
+    }
+}
+
+/// The error a contained panic becomes where a promise rejects or an export throws.
+pub fn contained() -> napi::Error<crate::Code> {
+    crate::internal("internal error (a panic, contained; see the log)")
+}
+
+/// Runs an export's body: a panic becomes [`contained`].
+pub fn guard<T>(f: impl FnOnce() -> crate::JsResult<T>) -> crate::JsResult<T> {
+    contain(f).unwrap_or_else(|| Err(contained()))
+}
+
+/// Runs `f`; a panic is counted and becomes `None`.
+pub fn contain<R>(f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// A future whose panic is caught: it resolves to `Err(())` instead (counted).
+pub struct Contained<F>(futures_util::future::CatchUnwind<AssertUnwindSafe<F>>);
+
+impl<F: Future> Contained<F> {
+    /// Wraps `fut`.
+    pub fn new(fut: F) -> Self {
+        Contained(AssertUnwindSafe(fut).catch_unwind())
+    }
+}
+
+impl<F: Future> Future for Contained<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: structural pinning of the only field; it is never moved out.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        inner.poll(cx).map(|r| {
+            r.map_err(|_| {
+                PANICS.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+    }
+}
+
+/// Prints each panic's message the first time its code location panics (panics carry no
+/// configuration, so nothing secret); later panics there are only counted.
+pub fn install_hook() {
+    static SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map_or_else(
+            || "unknown".to_owned(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        let first = SEEN.lock().get_or_insert_with(HashSet::new).insert(at);
+        if first {
+            eprintln!(
+                "strata-cache: internal error, contained (a miss for get, STRATA_INTERNAL elsewhere; \
+                 later ones here are only counted in stats().internalPanics): {info}"
+            );
+        }
+    }));
+}
