@@ -99,10 +99,51 @@ export declare class StrataError extends Error {
  */
 export declare function createUseCacheHandler(options?: StrataOptions): UseCacheHandler
 
+/** Next's `cacheControl` of an incremental-cache entry [seconds]. */
+export interface IncrementalCacheControl {
+  revalidate: number | false
+  expire?: number
+}
+
+/** What the incremental handler's `get` returns (Next's `CacheHandlerValue`). */
+export interface IncrementalCacheValue {
+  /** Next's value (`{ kind: 'APP_PAGE' | 'APP_ROUTE' | 'PAGES' | 'FETCH' | 'REDIRECT' | 'IMAGE', … }`), or null for a cached notFound. */
+  value: { kind: string; [field: string]: unknown } | null
+  /** When it was written [ms, Next's clock]; moved back when a tag of it was marked stale; -1 = regenerate before answering. */
+  lastModified: number
+  /** As `set` received it (response kinds). */
+  cacheControl?: IncrementalCacheControl
+}
+
+/** An instance of the incremental handler (Next's singular `cacheHandler`). */
+export interface IncrementalCacheHandlerInstance {
+  /** Never rejects: any failure is a miss (`null`). */
+  get(key: string, ctx?: { kind?: string; isFallback?: boolean; isRoutePPREnabled?: boolean; revalidate?: number | false; tags?: string[]; softTags?: string[] }): Promise<IncrementalCacheValue | null>
+  /** Rejects with a `StrataError` (`STRATA_INVALID_ARG`) for a value it cannot store. */
+  set(key: string, data: { kind: string; [field: string]: unknown } | null, ctx?: { cacheControl?: IncrementalCacheControl; tags?: string[]; fetchCache?: boolean; revalidate?: number | false; isFallback?: boolean }): Promise<void>
+  /** Invalidates `tags` for both handlers on every instance: with `durations`, stale now (served once, regenerated) and expired after `expire` seconds; without, expired now. */
+  revalidateTag(tags: string | string[], durations?: { expire?: number }): Promise<void>
+  resetRequestCache(): void
+}
+
+/** The class Next instantiates for `cacheHandler` (per request: construction is free). */
+export interface IncrementalCacheHandler {
+  new (ctx?: { dev?: boolean; serverDistDir?: string; [option: string]: unknown }): IncrementalCacheHandlerInstance
+}
+
+/**
+ * Creates the class for Next's singular `cacheHandler` (ISR pages, route handlers with
+ * `revalidate`, the fetch cache, `unstable_cache`). Same options and same process-wide store
+ * as {@link createUseCacheHandler}.
+ */
+export declare function createIncrementalCacheHandler(options?: StrataOptions): IncrementalCacheHandler
+
 /** Process-wide counters. */
 export interface StrataStats {
   /** Calls received from Next, per method. */
   calls: { get: number; set: number; refreshTags: number; getExpiration: number; updateTags: number }
+  /** Calls received by the incremental handler (`cacheHandler`), per method. */
+  incrementalCalls: { get: number; set: number; revalidateTag: number }
   /** The in-process L1; `null` before the first use. */
   l1: null | {
     entries: number

@@ -39,6 +39,8 @@ function toStrataError(err) {
 // process creates; these are the JS-side pieces that must be shared with it.
 
 const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
+/** Calls Next made to the incremental handler (`cacheHandler`), per method. */
+const incrementalCalls = { get: 0, set: 0, revalidateTag: 0 }
 /** cacheKey -> promise of the `set` in flight (a `get` of that key waits for it). */
 const pendingSets = new Map()
 /** The outcome codes of the native set calls: L1 (`ucSet`; `ucSetRemote` >> 3), L2 (`& 7`). */
@@ -384,25 +386,34 @@ function createUseCacheHandler(options) {
 
     async updateTags(tags, durations) {
       calls.updateTags++
-      checkTags('tags', tags)
-      let d = null
-      if (durations !== undefined && durations !== null) {
-        if (typeof durations !== 'object') throw invalid('durations', 'an object like { expire: seconds }', durations)
-        if (durations.expire !== undefined) {
-          if (typeof durations.expire !== 'number' || !(durations.expire >= 0)) {
-            throw invalid('durations.expire', 'a non-negative number of seconds', durations.expire)
-          }
-        }
-        d = { expire: durations.expire }
-      }
-      try {
-        bootWith()
-        if (l2) await native.ucUpdateTagsRemote(tags, d)
-        else native.ucUpdateTags(tags, d)
-      } catch (err) {
-        throw toStrataError(err)
-      }
+      await updateTags(bootWith, tags, durations)
     },
+  }
+}
+
+/**
+ * Invalidates `tags` for every handler of the process (`updateTags` of 'use cache',
+ * `revalidateTag` of the incremental cache): with `durations`, stale now and expired after
+ * `durations.expire` seconds; without, expired now. One atomic Redis call with L2.
+ */
+async function updateTags(bootOnce, tags, durations) {
+  checkTags('tags', tags)
+  let d = null
+  if (durations !== undefined && durations !== null) {
+    if (typeof durations !== 'object') throw invalid('durations', 'an object like { expire: seconds }', durations)
+    if (durations.expire !== undefined) {
+      if (typeof durations.expire !== 'number' || !(durations.expire >= 0)) {
+        throw invalid('durations.expire', 'a non-negative number of seconds', durations.expire)
+      }
+    }
+    d = { expire: durations.expire }
+  }
+  try {
+    bootOnce()
+    if (l2) await native.ucUpdateTagsRemote(tags, d)
+    else native.ucUpdateTags(tags, d)
+  } catch (err) {
+    throw toStrataError(err)
   }
 }
 
@@ -411,6 +422,7 @@ function stats() {
   const n = native.nativeStats()
   return {
     calls: { ...calls },
+    incrementalCalls: { ...incrementalCalls },
     l1: n
       ? {
           entries: n.entries,
@@ -448,6 +460,30 @@ function config() {
   return resolved ? { ...resolved } : null
 }
 
+/**
+ * What the incremental handler (`lib/incremental.js`) shares with this module: one store, one
+ * set of pending writes, one configuration. Not public API.
+ */
+const internals = {
+  native,
+  pendingSets,
+  calls,
+  incrementalCalls,
+  SET_L1,
+  SET_L2,
+  validateOptions,
+  makeBooter,
+  hasL2: () => l2,
+  resolved: () => resolved,
+  log,
+  logOnce,
+  invalid,
+  checkTags,
+  toStrataError,
+  updateTags,
+  StrataError,
+}
+
 module.exports = {
   createUseCacheHandler,
   stats,
@@ -455,3 +491,7 @@ module.exports = {
   flush,
   StrataError,
 }
+Object.defineProperty(module.exports, Symbol.for('strata-cache.internals'), { value: internals })
+
+// Loaded after the exports above exist (it requires this module back).
+module.exports.createIncrementalCacheHandler = require('./lib/incremental.js').createIncrementalCacheHandler

@@ -1,6 +1,7 @@
 // Type-level checks of index.d.ts, run by `tsc -p tsconfig.json` in `npm test`.
 import type { CacheHandler } from 'next/cache'
-import { createUseCacheHandler, stats, StrataError, type StrataOptions, type UseCacheHandler } from 'strata-cache'
+import { createIncrementalCacheHandler, createUseCacheHandler, stats, StrataError, type IncrementalCacheHandler, type StrataOptions, type UseCacheHandler } from 'strata-cache'
+import Incremental = require('strata-cache/incremental')
 import useCache = require('strata-cache/use-cache')
 
 // Our handler satisfies Next 16.4's own CacheHandler type, both ways.
@@ -25,3 +26,15 @@ void hits
 const e = new StrataError('STRATA_CONFIG', 'x')
 const code: 'STRATA_CONFIG' | 'STRATA_INVALID_ARG' | string = e.code
 void code
+
+// The incremental handler is a class Next instantiates per request.
+const Made: IncrementalCacheHandler = createIncrementalCacheHandler({ l1MaxBytes: 1 << 20 })
+const fromIncremental: IncrementalCacheHandler = Incremental
+const handler = new Made({ serverDistDir: '/app/.next/server' })
+void handler.get('/route-cache/APP_PAGE/x/$/index', { kind: 'APP_PAGE', isFallback: false }).then((v) => v?.lastModified)
+void handler.revalidateTag(['products'], { expire: 60 })
+void fromIncremental
+const incrementalGets: number = s.incrementalCalls.get
+void incrementalGets
+// @ts-expect-error unknown option
+createIncrementalCacheHandler({ nope: true })

@@ -389,7 +389,7 @@ impl Cache {
                 return None;
             }
         };
-        if header.key != key || header.kind != Kind::USE_CACHE {
+        if header.key != key || header.kind != Kind::of_key(key) {
             Metrics::inc(&r.metrics.foreign);
             return None;
         }
@@ -511,7 +511,7 @@ impl Cache {
             vec![0; headroom],
             spare,
             &EnvelopeMeta {
-                kind: Kind::USE_CACHE,
+                kind: Kind::of_key(key),
                 key,
                 tags: &meta.tags,
                 timestamp: meta.timestamp,

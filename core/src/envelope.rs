@@ -75,8 +75,9 @@ const FIXED_LEN: usize = 4 + 1 + 1 + 1 + 5 * 8;
 /// rejected before any buffer is allocated for it.
 const LZ4_MAX_RATIO: usize = 255;
 
-/// What an entry is. Only [`Kind::USE_CACHE`] exists today; the byte is in the format so the
-/// incremental cache (`cacheHandler`) can store its entries in the same envelope later.
+/// What an entry is: a `'use cache'` entry or an incremental-cache one (the singular
+/// `cacheHandler`). Both live in one L1, one L2 and one tag state, apart: the kind is part of
+/// the store key ([`INCREMENTAL_KEY_PREFIX`]), of the Redis key, and of the envelope.
 ///
 /// The decoder passes any kind through unchanged: the caller knows which kind it expects and
 /// treats another one as a miss, which keeps version 1 readable when a kind is added.
@@ -86,7 +87,24 @@ pub struct Kind(pub u8);
 impl Kind {
     /// An entry of Next's `'use cache'` handler (`cacheHandlers`).
     pub const USE_CACHE: Kind = Kind(0);
+    /// An entry of Next's incremental cache (`cacheHandler`): ISR and prerendered pages, route
+    /// handlers, the `fetch` cache, `unstable_cache`.
+    pub const INCREMENTAL: Kind = Kind(1);
+
+    /// The kind of the entry stored under `store_key`.
+    pub fn of_key(store_key: &str) -> Kind {
+        if store_key.starts_with(INCREMENTAL_KEY_PREFIX) {
+            Kind::INCREMENTAL
+        } else {
+            Kind::USE_CACHE
+        }
+    }
 }
+
+/// Store keys of incremental-cache entries start with this; `'use cache'` keys are Next's keys
+/// as they are. Next's keys never start with a control character (`'use cache'` keys are
+/// serialised arrays, incremental ones paths or hex digests), so the two never meet.
+pub const INCREMENTAL_KEY_PREFIX: &str = "\u{1}i:";
 
 /// Everything stored next to the payload, borrowed from the caller for [`encode`].
 ///

@@ -2,8 +2,8 @@
 //!
 //! # Keys (Redis Cluster safe)
 //!
-//! * Entries: `sc:<ns>:e:{<xxh3-128 of the Next key, 32 hex>}`, hash-tagged by the entry, so
-//!   entries spread over every slot. The full Next key is inside the envelope; the layer above
+//! * Entries: `sc:<ns>:e:{<xxh3-128 of the Next key, 32 hex>}` (`:i:` for the incremental
+//!   cache's), hash-tagged by the entry, so entries spread over every slot. The full Next key is inside the envelope; the layer above
 //!   compares it, so a hash collision is a miss, never a wrong page.
 //! * Tag state, its index, its log and its epoch share one hash tag, `{sc:<ns>:tags}`, so one
 //!   script updates them atomically on one node:
@@ -63,6 +63,7 @@ use tokio::sync::watch;
 use crate::breaker::{Breaker, BreakerConfig, Permit};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{redact_url, validate_namespace};
+use crate::envelope::Kind;
 use crate::error::{Error, Result};
 use crate::resp;
 use crate::tags::{Durations, TagState};
@@ -157,10 +158,16 @@ impl Keys {
         &self.namespace
     }
 
-    /// The key of the entry of Next key `next_key`: `sc:<ns>:e:{<xxh3-128 hex>}`.
-    pub fn entry(&self, next_key: &str) -> String {
-        let hash = xxhash_rust::xxh3::xxh3_128(next_key.as_bytes());
-        format!("sc:{}:e:{{{hash:032x}}}", self.namespace)
+    /// The key of the entry stored under `store_key`: `sc:<ns>:e:{<xxh3-128 hex>}` for a
+    /// `'use cache'` entry, `sc:<ns>:i:{…}` for an incremental-cache one ([`Kind::of_key`]).
+    pub fn entry(&self, store_key: &str) -> String {
+        let hash = xxhash_rust::xxh3::xxh3_128(store_key.as_bytes());
+        let kind = if Kind::of_key(store_key) == Kind::INCREMENTAL {
+            'i'
+        } else {
+            'e'
+        };
+        format!("sc:{}:{kind}:{{{hash:032x}}}", self.namespace)
     }
 
     /// The tag state HASH (tag → `"stale|expired|updated_at"`).
@@ -1262,6 +1269,10 @@ mod tests {
         assert_eq!(e.len(), "sc:ns:e:{}".len() + 32);
         assert_ne!(e, k.entry("/blog/2"));
         assert_eq!(e, Keys::new("ns").entry("/blog/1"));
+        // Incremental-cache entries live apart from 'use cache' ones, same hash-tag rule.
+        let i = k.entry(&format!("{}/blog/1", crate::envelope::INCREMENTAL_KEY_PREFIX));
+        assert!(i.starts_with("sc:ns:i:{") && i.ends_with('}'), "{i}");
+        assert_eq!(i.len(), e.len());
         for key in [k.tag_state(), k.tag_index(), k.tag_log(), k.epoch()] {
             assert!(key.starts_with("{sc:ns:tags}:"), "{key}");
         }

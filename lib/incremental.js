@@ -1,0 +1,335 @@
+'use strict'
+/**
+ * The incremental cache handler: Next's singular `cacheHandler` (ISR and prerendered pages, route
+ * handlers with `revalidate`, the `fetch` cache, `unstable_cache`, images with
+ * `images.customCacheHandler`).
+ *
+ * It adapts Next's shapes to the store the 'use cache' handler uses (index.js): one L1 byte
+ * budget, one Redis connection, one tag state. An entry is one opaque payload in Rust memory
+ * (`lib/incremental-codec.js`: metadata + the bodies, binary as binary), stored under the key
+ * `INCREMENTAL_KEY_PREFIX + key`, which the core keeps apart from 'use cache' keys in L1, in
+ * Redis (`sc:<ns>:i:{…}`) and in the envelope. Every rule that decides (tag expiry, the clock,
+ * L1/L2 freshness) lives in the core; this file decides only what Next's incremental cache
+ * needs that a 'use cache' entry does not (read from
+ * node_modules/next/dist/server/lib/incremental-cache/{index,file-system-cache}.js, 16.4.6):
+ *
+ * - `get` returns `{ value, lastModified, cacheControl }`; Next computes HIT/STALE itself from
+ *   `lastModified` (ms, Next's clock: the entry's timestamp converted into this instance's
+ *   clock by the core, so every instance decides alike) and `cacheControl`.
+ * - A tag that expired after the entry was written makes `get` a miss (`null`), as the built-in
+ *   does. A tag marked stale (`revalidateTag(tag, profile)`) makes the entry look due for
+ *   revalidation: `lastModified` is moved back past its `revalidate` window, so Next serves it
+ *   once (STALE) and regenerates in the background. Next's own tags manifest is never written
+ *   by a custom handler, so both checks must happen here.
+ * - Response kinds (`/route-cache/…` keys) that miss are read from the build output
+ *   (`.next/server/app|pages/<path>.meta`, `.html`, `.rsc`, `.body`, segments), exactly as the
+ *   built-in FileSystemCache seeds them, with the build files' mtime as `lastModified`: a
+ *   prerendered route is a HIT at once on every instance, and no instance writes a seed to
+ *   Redis (each has the same build). A seed goes into this instance's L1 (not L2) and is judged
+ *   against the tag state like any entry, so an invalidated route is never served from it.
+ * - Without `cacheComponents` nobody calls `refreshTags`: with Redis, the first `get` of each
+ *   handler object (Next makes one per request) follows the invalidation log first.
+ */
+const fs = require('node:fs')
+const path = require('node:path')
+
+const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
+const {
+  native,
+  pendingSets,
+  incrementalCalls: calls,
+  SET_L1,
+  SET_L2,
+  validateOptions,
+  makeBooter,
+  hasL2,
+  resolved,
+  log,
+  logOnce,
+  invalid,
+  checkTags,
+  toStrataError,
+  updateTags,
+} = require('../index.js')[Symbol.for('strata-cache.internals')]
+
+/** Store keys of this handler start with this (the core's `envelope::INCREMENTAL_KEY_PREFIX`). */
+const KEY_PREFIX = '\u0001i:'
+/** Next's `INFINITE_CACHE` (seconds): "never", what `revalidate: false` and no `expire` mean. */
+const INFINITE_CACHE = 4294967294
+const RESPONSE_KINDS = new Set(['APP_PAGE', 'APP_ROUTE', 'PAGES'])
+/** Negative results of build-seed lookups kept per process (the build output never changes). */
+const MAX_NO_SEED = 10_000
+
+/** Next's clock (`performance.timeOrigin + performance.now()`), which the core uses too. */
+const now = () => performance.timeOrigin + performance.now()
+
+/**
+ * Creates the class Next instantiates for `cacheHandler` (a new object per request: the
+ * constructor only keeps the context; all state is per process, shared with the 'use cache'
+ * handler). Options as `createUseCacheHandler`'s.
+ */
+function createIncrementalCacheHandler(options) {
+  const opts = validateOptions(options)
+  const bootOnce = makeBooter(opts)
+  const seeds = new SeedReader()
+
+  return class StrataIncrementalCache {
+    constructor(ctx) {
+      /** `{ dev, serverDistDir, revalidatedTags, ... }` (Next's CacheHandlerContext). */
+      this.ctx = ctx && typeof ctx === 'object' ? ctx : {}
+      /** This request's read of the invalidation log (see the module doc). */
+      this.refreshed = undefined
+    }
+
+    async get(key, ctx) {
+      calls.get++
+      try {
+        if (typeof key !== 'string') throw invalid('key', 'a string', key)
+        const kind = ctx && typeof ctx.kind === 'string' ? ctx.kind : undefined
+        const storeKey = KEY_PREFIX + key
+        const pending = pendingSets.size === 0 ? undefined : pendingSets.get(storeKey)
+        if (pending !== undefined) await pending
+        bootOnce()
+        const softTags = kind === 'FETCH' && ctx && Array.isArray(ctx.softTags)
+          ? ctx.softTags.filter((t) => typeof t === 'string')
+          : []
+        if (hasL2()) {
+          if (this.refreshed === undefined) this.refreshed = native.ucRefreshTags().catch(() => {})
+          await this.refreshed
+        }
+        let hit = await lookup(storeKey, softTags)
+        if (hit === null && RESPONSE_KINDS.has(kind) && !this.ctx.dev) {
+          hit = seeds.seed(key, storeKey, ctx, this.ctx.serverDistDir)
+        }
+        if (hit === null) return null
+        const staleByTag = Array.isArray(hit)
+        const entry = staleByTag ? hit[0] : hit
+        const { value, cacheControl } = decodeEntry(entry.value)
+        // Next throws on a FETCH entry under a response key and the reverse: a miss instead.
+        if (kind !== undefined && (kind === 'FETCH') !== (value !== null && value.kind === 'FETCH')) return null
+        let lastModified = entry.timestamp
+        if (staleByTag) lastModified = staleLastModified(lastModified, value, cacheControl, ctx)
+        return cacheControl === undefined ? { value, lastModified } : { value, lastModified, cacheControl }
+      } catch (err) {
+        // A failing get must never fail a render: it is a miss.
+        const e = toStrataError(err)
+        logOnce('warn', `incremental-get:${e.code}`, 'incremental cache get failed and was treated as a miss', e)
+        return null
+      }
+    }
+
+    async set(key, data, ctx) {
+      calls.set++
+      if (typeof key !== 'string') throw invalid('key', 'a string', key)
+      if (data === undefined) throw invalid('data', 'a cache value or null', data)
+      const context = ctx && typeof ctx === 'object' ? ctx : {}
+      const isFetch = data !== null && data.kind === 'FETCH'
+      const cacheControl = isFetch ? undefined : checkCacheControl(context.cacheControl)
+      const chunks = encodeValue(data, cacheControl)
+      const tags = checkTags('tags', tagsOf(data, context))
+      const { revalidate, expire } = lifetimes(data, cacheControl, context)
+      const storeKey = KEY_PREFIX + key
+      let release
+      const pending = new Promise((resolve) => { release = resolve })
+      pendingSets.set(storeKey, pending)
+      try {
+        bootOnce()
+        const bytes = chunks.length === 1 ? chunks[0] : chunks
+        const timestamp = now()
+        try {
+          if (hasL2()) {
+            const code = await native.ucSetRemote(storeKey, bytes, tags, 0, timestamp, expire, revalidate)
+            const written = SET_L2[code & 7]
+            if (written === 'too-large-first') {
+              log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than l2MaxValueBytes (${resolved().l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
+            } else if (written === 'failed') {
+              logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
+            }
+            return
+          }
+          const outcome = SET_L1[native.ucSet(storeKey, bytes, tags, 0, timestamp, expire, revalidate)]
+          if (outcome === 'too-large-first') {
+            log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than the whole L1 (${resolved().l1MaxBytes} bytes) and was not stored (warned once)`)
+          }
+        } catch (err) {
+          throw toStrataError(err)
+        }
+      } finally {
+        if (pendingSets.get(storeKey) === pending) pendingSets.delete(storeKey)
+        release()
+      }
+    }
+
+    async revalidateTag(tags, durations) {
+      calls.revalidateTag++
+      const list = typeof tags === 'string' ? [tags] : tags
+      await updateTags(bootOnce, list, durations)
+    }
+
+    resetRequestCache() {}
+  }
+}
+
+/** The store's answer for `storeKey`: an entry, `[entry]` (a tag is stale) or null. */
+async function lookup(storeKey, softTags) {
+  if (hasL2()) return native.ucGetL2(storeKey, softTags)
+  const hit = native.ucGet(storeKey)
+  if (hit === null || softTags.length === 0) return hit
+  // Without L2 the L1 read does not see soft tags: a path invalidated after the entry was
+  // written (revalidatePath) makes it a miss, as with L2.
+  const entry = Array.isArray(hit) ? hit[0] : hit
+  return native.ucGetExpiration(softTags) > entry.timestamp ? null : hit
+}
+
+/**
+ * The lifetimes the core keeps an entry for (seconds): `revalidate` decides when an L1 copy is
+ * checked against L2 for a newer one; `expire` when it is dropped. Next makes the HIT/STALE
+ * decision itself from what `get` returns.
+ */
+function lifetimes(data, cacheControl, ctx) {
+  let revalidate = INFINITE_CACHE
+  let expire = INFINITE_CACHE
+  if (cacheControl !== undefined) {
+    if (cacheControl.revalidate !== false) revalidate = cacheControl.revalidate
+    if (cacheControl.expire !== undefined) expire = cacheControl.expire
+  } else if (data !== null && (data.kind === 'FETCH' || data.kind === 'IMAGE')) {
+    const r = data.kind === 'FETCH' && typeof ctx.revalidate === 'number' ? ctx.revalidate : data.revalidate
+    if (typeof r === 'number' && Number.isFinite(r) && r >= 0) revalidate = r
+  }
+  // `expire: 0` would be "dynamic, never stored" for the core; Next never caches such a
+  // response, but an entry it hands us is kept for at least a second.
+  return { revalidate, expire: Math.max(expire, 1) }
+}
+
+/**
+ * A `lastModified` that makes Next treat the entry as due for revalidation (served once, then
+ * regenerated in the background) because one of its tags was marked stale. Next computes
+ * staleness from `lastModified` and the entry's `revalidate`, so the stamp moves back just past
+ * that window (and never past `expire`, which would make it a blocking miss). With no window
+ * (`revalidate: false`) the only way left is -1: Next regenerates before answering.
+ */
+function staleLastModified(lastModified, value, cacheControl, ctx) {
+  const t = now()
+  if (value !== null && value.kind === 'FETCH') {
+    // FETCH: `age > (ctx.revalidate || value.revalidate)`; an age of "since the epoch" is
+    // past any window.
+    return 0
+  }
+  const revalidate = cacheControl !== undefined ? cacheControl.revalidate : undefined
+  if (typeof revalidate !== 'number') return -1
+  return Math.min(lastModified, t - revalidate * 1000 - 1)
+}
+
+/**
+ * Reads prerendered responses from the build output on a miss, as Next's FileSystemCache
+ * does (`file-system-cache.js` `get`: a `/route-cache/<KIND>/<owner>/$<path>` key whose scoped
+ * files are absent falls back to the legacy `<path>` files when their `.meta` names this very
+ * key), and puts them into this instance's L1.
+ */
+class SeedReader {
+  constructor() {
+    this.none = new Set()
+    this.manifests = new Map()
+  }
+
+  /** The seed of `key` (inserted into L1 and judged there), or null. Never throws. */
+  seed(key, storeKey, ctx, serverDistDir) {
+    if (typeof serverDistDir !== 'string' || !key.startsWith('/route-cache/') || this.none.has(key)) return null
+    let found = null
+    try {
+      found = readSeed(key, ctx, serverDistDir, this.manifest(serverDistDir))
+    } catch (err) {
+      log('debug', `no build seed for ${key.slice(0, 120)}`, err)
+    }
+    if (found === null) {
+      if (this.none.size >= MAX_NO_SEED) this.none.clear()
+      this.none.add(key)
+      return null
+    }
+    const { value, cacheControl, lastModified } = found
+    const chunks = encodeValue(value, cacheControl)
+    const { revalidate, expire } = lifetimes(value, cacheControl, {})
+    const tags = tagsOf(value, {})
+    native.ucSet(storeKey, chunks.length === 1 ? chunks[0] : chunks, tags, 0, lastModified, expire, revalidate)
+    // Judged like any entry: a tag invalidated since the build makes it a miss (or stale).
+    const hit = native.ucGet(storeKey)
+    return hit
+  }
+
+  /** `routes` of `.next/prerender-manifest.json` (read once per distDir). */
+  manifest(serverDistDir) {
+    let routes = this.manifests.get(serverDistDir)
+    if (routes === undefined) {
+      try {
+        const file = path.join(serverDistDir, '..', 'prerender-manifest.json')
+        routes = JSON.parse(fs.readFileSync(file, 'utf8')).routes || {}
+      } catch {
+        routes = {}
+      }
+      this.manifests.set(serverDistDir, routes)
+    }
+    return routes
+  }
+}
+
+function readSeed(key, ctx, serverDistDir, routes) {
+  const kindEnd = key.indexOf('/', '/route-cache/'.length)
+  const kind = key.slice('/route-cache/'.length, kindEnd)
+  const marker = key.indexOf('/$/')
+  if (marker === -1 || !RESPONSE_KINDS.has(kind)) return null
+  const legacy = key.slice(marker + 2)
+  const root = path.join(serverDistDir, kind === 'PAGES' ? 'pages' : 'app')
+  const base = path.join(root, legacy)
+  if (!base.startsWith(root + path.sep)) return null
+  const meta = JSON.parse(fs.readFileSync(`${base}.meta`, 'utf8'))
+  const isFallback = Boolean(ctx && ctx.isFallback)
+  const pprShell = kind === 'APP_PAGE' && ctx && ctx.isRoutePPREnabled && meta.postponed != null
+  if (!meta.routeCache || meta.routeCache.key !== key || !(meta.routeCache.isFallback === isFallback || pprShell)) {
+    return null
+  }
+  const primary = kind === 'APP_ROUTE' ? `${base}.body` : `${base}.html`
+  const lastModified = meta.routeCacheLastModified ?? fs.statSync(primary).mtimeMs
+  let value
+  if (kind === 'APP_ROUTE') {
+    value = { kind, body: fs.readFileSync(primary), headers: meta.headers, status: meta.status }
+  } else if (kind === 'APP_PAGE') {
+    let segmentData
+    if (Array.isArray(meta.segmentPaths)) {
+      segmentData = new Map()
+      for (const segmentPath of meta.segmentPaths) {
+        try {
+          segmentData.set(segmentPath, fs.readFileSync(`${base}.segments${segmentPath}.segment.rsc`))
+        } catch {
+          // As the built-in: a missing segment is treated as one without a prefetch.
+        }
+      }
+    }
+    let rscData
+    if (!isFallback && (!(ctx && ctx.isRoutePPREnabled) || meta.postponed == null)) {
+      rscData = fs.readFileSync(`${base}.rsc`)
+    }
+    value = {
+      kind,
+      html: fs.readFileSync(primary, 'utf8'),
+      rscData,
+      postponed: meta.postponed,
+      headers: meta.headers,
+      status: meta.status,
+      segmentData,
+    }
+  } else {
+    const pageData = isFallback ? {} : JSON.parse(fs.readFileSync(`${base}.json`, 'utf8'))
+    value = { kind, html: fs.readFileSync(primary, 'utf8'), pageData, headers: meta.headers, status: meta.status }
+  }
+  // The route's lifetimes as the build recorded them (Next falls back to the same manifest).
+  const pathname = legacy === '/index' ? '/' : legacy
+  const route = routes[pathname]
+  let cacheControl = meta.cacheControl
+  if (cacheControl === undefined && route && route.initialRevalidateSeconds !== undefined) {
+    cacheControl = { revalidate: route.initialRevalidateSeconds }
+    if (typeof route.initialExpireSeconds === 'number') cacheControl.expire = route.initialExpireSeconds
+  }
+  return { value, cacheControl: checkCacheControl(cacheControl), lastModified }
+}
+
+module.exports = { createIncrementalCacheHandler, KEY_PREFIX }
