@@ -3,6 +3,9 @@
 // instances sharing one Redis through `env`); every server is stopped by killing its whole
 // process group, also when a test fails or the start times out.
 //
+// `buildApp`, `startServer` and `findServerActionId` take an optional `dir` (another example app,
+// e.g. examples/isr); without it they use `appDir`.
+//
 // Environment:
 //   STRATA_E2E_APP_DIR     app to build/serve (default: <repo>/examples/demo)
 //   STRATA_E2E_SKIP_BUILD  =1: reuse an existing .next build (fast iteration)
@@ -55,11 +58,11 @@ export function checkHandlerLoads({ env = {} } = {}) {
   }
 }
 
-/** `next build` of the app; throws with the build output on failure. */
-export async function buildApp({ env = {} } = {}) {
+/** `next build` of the app (`dir`, default `appDir`); throws with the build output on failure. */
+export async function buildApp({ env = {}, dir = appDir } = {}) {
   const started = Date.now()
   const child = spawn(process.execPath, [nextBin, 'build'], {
-    cwd: appDir,
+    cwd: dir,
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -71,7 +74,7 @@ export async function buildApp({ env = {} } = {}) {
   child.stdout.setEncoding('utf8').on('data', collect)
   child.stderr.setEncoding('utf8').on('data', collect)
   const [code, signal] = await once(child, 'exit')
-  if (code !== 0) throw new Error(`next build failed (${code ?? signal}) in ${appDir}:\n${output}`)
+  if (code !== 0) throw new Error(`next build failed (${code ?? signal}) in ${dir}:\n${output}`)
   return { output, ms: Date.now() - started }
 }
 
@@ -117,15 +120,23 @@ export function killLeftoverServers(run = runId()) {
 /**
  * Starts `next start` for the built app. Resolves once the server printed its "Ready" line and
  * answered one request. Options: `env` (merged over the caller's environment), `port`
- * (default: a free one), `host` (default 127.0.0.1), `readyTimeoutMs`.
+ * (default: a free one), `host` (default 127.0.0.1), `readyTimeoutMs`, `dir` (the app, default
+ * `appDir`), `probePath` (the first request, must answer 200; default `/api/strata-stats`).
  */
-export async function startServer({ env = {}, port, host = '127.0.0.1', readyTimeoutMs = 30_000 } = {}) {
-  if (!fs.existsSync(path.join(appDir, '.next/BUILD_ID'))) {
-    throw new Error(`${appDir} is not built: run the e2e tests through vitest (global-setup builds it) or \`next build\``)
+export async function startServer({
+  env = {},
+  port,
+  host = '127.0.0.1',
+  readyTimeoutMs = 30_000,
+  dir = appDir,
+  probePath = '/api/strata-stats',
+} = {}) {
+  if (!fs.existsSync(path.join(dir, '.next/BUILD_ID'))) {
+    throw new Error(`${dir} is not built: run the e2e tests through vitest (global-setup builds it) or \`next build\``)
   }
   port ??= await freePort(host)
   const child = spawn(process.execPath, [nextBin, 'start', '-p', String(port), '-H', host], {
-    cwd: appDir,
+    cwd: dir,
     env: childEnv({ PORT: String(port), ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true, // own process group, so stop() reaches everything Next spawns
@@ -141,13 +152,14 @@ export async function startServer({ env = {}, port, host = '127.0.0.1', readyTim
     return exited
   })
   fs.mkdirSync(registryDir, { recursive: true })
-  fs.writeFileSync(registryFile, `${appDir}\n`)
+  fs.writeFileSync(registryFile, `${dir}\n`)
 
   const url = `http://${host}:${port}`
   const server = {
     url,
     port,
     pid: child.pid,
+    dir,
     /** Everything the server printed so far (stdout and stderr interleaved). */
     output: () => output,
     kill(signal) {
@@ -200,7 +212,7 @@ export async function startServer({ env = {}, port, host = '127.0.0.1', readyTim
      * `text` is the RSC payload of the action result and of the re-rendered page.
      */
     async callServerAction(page, actionName, args = []) {
-      const id = findServerActionId(page, actionName)
+      const id = findServerActionId(page, actionName, dir)
       return server.fetchPage(page, {
         method: 'POST',
         headers: {
@@ -236,7 +248,7 @@ export async function startServer({ env = {}, port, host = '127.0.0.1', readyTim
       })
     })
     // "Ready" is printed once the socket listens; one request confirms it serves the app.
-    const probe = await server.fetchPage('/api/strata-stats')
+    const probe = await server.fetchPage(probePath)
     if (probe.status !== 200) throw new Error(`first request answered ${probe.status}: ${probe.text.slice(0, 500)}\n${output}`)
   } catch (err) {
     await server.stop()
@@ -246,8 +258,8 @@ export async function startServer({ env = {}, port, host = '127.0.0.1', readyTim
 }
 
 /** The action id of `actionName` as bundled for `page`, from the build's server-reference manifest. */
-export function findServerActionId(page, actionName) {
-  const manifestPath = path.join(appDir, '.next/server/server-reference-manifest.json')
+export function findServerActionId(page, actionName, dir = appDir) {
+  const manifestPath = path.join(dir, '.next/server/server-reference-manifest.json')
   const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'))
   const worker = page === '/' ? 'app/page' : `app${page.replace(/\/$/, '')}/page`
   const candidates = []
