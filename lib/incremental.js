@@ -77,7 +77,7 @@ function createIncrementalCacheHandler(options) {
     constructor(ctx) {
       /** `{ dev, serverDistDir, revalidatedTags, ... }` (Next's CacheHandlerContext). */
       this.ctx = ctx && typeof ctx === 'object' ? ctx : {}
-      /** This request's read of the invalidation log (see the module doc). */
+      /** This request's read of the invalidation log (see the module doc and `resetRequestCache`). */
       this.refreshed = undefined
     }
 
@@ -166,7 +166,10 @@ function createIncrementalCacheHandler(options) {
       await updateTags(bootOnce, list, durations)
     }
 
-    resetRequestCache() {}
+    /** Next calls it when a request starts (with a handler object it may reuse): follow the log anew. */
+    resetRequestCache() {
+      this.refreshed = undefined
+    }
   }
 }
 

@@ -158,9 +158,12 @@ describe('entries are shared', () => {
     const b1 = await b.stats()
     expect(diff(b1, b0)).toMatchObject({ set: 0, l2Hits: 1 }) // read from Redis, not rendered
 
-    // Promoted into B's L1: the next read is an L1 hit, without going to Redis.
+    // Promoted into B's L1: the next read is an L1 hit, without going to Redis. (The page's own
+    // entry in the incremental cache, `cacheHandler`, may be an L1 hit of the same read too.)
     expect(await readProducts(b)).toBe(v1)
-    expect(diff(await b.stats(), b1)).toMatchObject({ set: 0, l1Hits: 1, l2Hits: 0 })
+    const b2 = diff(await b.stats(), b1)
+    expect(b2).toMatchObject({ set: 0, l2Hits: 0 })
+    expect(b2.l1Hits).toBeGreaterThanOrEqual(1)
     expectWithinFreshWindow(v1)
   })
 
@@ -296,6 +299,10 @@ describe('Redis state', () => {
     expect(await redis.cli('HEXISTS', tagState, tag)).toBe('1')
 
     const all = (await redis.cli('--raw', 'KEYS', '*')).split('\n').filter(Boolean)
-    for (const key of all) expect(key.startsWith(`sc:${ns}:e:`) || key.startsWith(`{sc:${ns}:tags}:`), key).toBe(true)
+    // 'use cache' entries (`:e:`), the incremental cache's (`:i:`, the demo sets `cacheHandler`
+    // too), the tag state: nothing else, nothing outside the namespace.
+    for (const key of all) {
+      expect(key.startsWith(`sc:${ns}:e:`) || key.startsWith(`sc:${ns}:i:`) || key.startsWith(`{sc:${ns}:tags}:`), key).toBe(true)
+    }
   })
 })

@@ -10,6 +10,8 @@ import type { NextConfig } from 'next'
 // The paths must be absolute: a relative path builds, but `next start` resolves it against
 // `.next/` and fails (see /work/shared/docs/nextjs-cache-contract.md §1.2).
 const handler = createRequire(__filename).resolve('strata-cache/use-cache')
+// The incremental cache (prerendered pages and route handlers, the fetch cache) on the same store.
+const incremental = createRequire(__filename).resolve('strata-cache/incremental')
 
 const nextConfig: NextConfig = {
   cacheComponents: true,
@@ -18,6 +20,8 @@ const nextConfig: NextConfig = {
     default: handler, // 'use cache'
     remote: handler, // 'use cache: remote'
   },
+  cacheHandler: incremental,
+  cacheMaxMemorySize: 0, // Next's own memory cache in front of it would duplicate strata-cache's L1
   // Load the addon with Node's own `require` at run time instead of bundling it (applies when
   // strata-cache is installed in node_modules; inside this repo see app/api/strata-stats).
   serverExternalPackages: ['strata-cache'],
