@@ -12,14 +12,7 @@ const native = require('./binding.js')
 
 const LOG_LEVELS = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 }
 
-/** An error with a stable `code` (`STRATA_INVALID_ARG`, `STRATA_CONFIG`, `STRATA_INTERNAL`, ...). */
-class StrataError extends Error {
-  constructor(code, message, options) {
-    super(message, options)
-    this.name = 'StrataError'
-    this.code = code
-  }
-}
+const { StrataError, describe, invalid } = require('./lib/errors.js')
 
 function toStrataError(err) {
   if (err instanceof StrataError) return err
@@ -111,14 +104,6 @@ function validateOptions(options) {
   return out
 }
 
-function describe(v) {
-  if (v === null) return 'null'
-  if (Array.isArray(v)) return 'an array'
-  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`
-  if (typeof v === 'number') return `number ${v}`
-  return typeof v
-}
-
 /** Creates the native store on first use (run time, never at import or `next build` config time). */
 function boot(options) {
   if (resolved) return resolved
@@ -165,10 +150,6 @@ function makeBooter(options) {
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks (a wrong type from JS is a typed error, never a crash)
-
-function invalid(name, expected, got) {
-  return new StrataError('STRATA_INVALID_ARG', `invalid argument \`${name}\`: expected ${expected}, got ${describe(got)}`)
-}
 
 function checkTags(name, tags) {
   if (!Array.isArray(tags)) throw invalid(name, 'an array of strings', tags)

@@ -35,28 +35,15 @@ const MAX_U32 = 0xffffffff
 // ---------------------------------------------------------------------------------------------
 // Errors
 
+const { StrataError, describe, invalid } = require('./errors.js')
+
 /**
- * The one place errors are built (the lead swaps this for the shared `StrataError`).
+ * The one place this module builds its errors.
  * @param {string} code `STRATA_INVALID_ARG` or `STRATA_DECODE`
  * @param {string} message
  */
 function makeError(code, message) {
-  return Object.assign(new Error(message), { name: 'StrataError', code })
-}
-
-function describe(v) {
-  if (v === null) return 'null'
-  if (v === undefined) return 'undefined'
-  if (Array.isArray(v)) return 'an array'
-  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)}`
-  if (typeof v === 'number') return `number ${v}`
-  if (v instanceof Map) return 'a Map'
-  if (ArrayBuffer.isView(v)) return v.constructor && v.constructor.name ? `a ${v.constructor.name}` : 'a typed array'
-  return typeof v
-}
-
-function invalid(name, expected, got) {
-  return makeError('STRATA_INVALID_ARG', `invalid argument \`${name}\`: expected ${expected}, got ${describe(got)}`)
+  return new StrataError(code, message)
 }
 
 function decodeError(why) {

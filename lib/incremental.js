@@ -34,23 +34,10 @@ const fs = require('node:fs')
 const path = require('node:path')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
-const {
-  native,
-  pendingSets,
-  incrementalCalls: calls,
-  SET_L1,
-  SET_L2,
-  validateOptions,
-  makeBooter,
-  hasL2,
-  resolved,
-  log,
-  logOnce,
-  invalid,
-  checkTags,
-  toStrataError,
-  updateTags,
-} = require('../index.js')[Symbol.for('strata-cache.internals')]
+/** What this handler shares with the 'use cache' handler (index.js): one store, one configuration. */
+const shared = require('../index.js')[Symbol.for('strata-cache.internals')]
+const { native, pendingSets, hasL2 } = shared
+const calls = shared.incrementalCalls
 
 /** Store keys of this handler start with this (the core's `envelope::INCREMENTAL_KEY_PREFIX`). */
 const KEY_PREFIX = '\u0001i:'
@@ -69,8 +56,8 @@ const now = () => performance.timeOrigin + performance.now()
  * handler). Options as `createUseCacheHandler`'s.
  */
 function createIncrementalCacheHandler(options) {
-  const opts = validateOptions(options)
-  const bootOnce = makeBooter(opts)
+  const opts = shared.validateOptions(options)
+  const bootOnce = shared.makeBooter(opts)
   const seeds = new SeedReader()
 
   return class StrataIncrementalCache {
@@ -84,7 +71,7 @@ function createIncrementalCacheHandler(options) {
     async get(key, ctx) {
       calls.get++
       try {
-        if (typeof key !== 'string') throw invalid('key', 'a string', key)
+        if (typeof key !== 'string') throw shared.invalid('key', 'a string', key)
         const kind = ctx && typeof ctx.kind === 'string' ? ctx.kind : undefined
         const storeKey = KEY_PREFIX + key
         const pending = pendingSets.size === 0 ? undefined : pendingSets.get(storeKey)
@@ -112,21 +99,21 @@ function createIncrementalCacheHandler(options) {
         return cacheControl === undefined ? { value, lastModified } : { value, lastModified, cacheControl }
       } catch (err) {
         // A failing get must never fail a render: it is a miss.
-        const e = toStrataError(err)
-        logOnce('warn', `incremental-get:${e.code}`, 'incremental cache get failed and was treated as a miss', e)
+        const e = shared.toStrataError(err)
+        shared.logOnce('warn', `incremental-get:${e.code}`, 'incremental cache get failed and was treated as a miss', e)
         return null
       }
     }
 
     async set(key, data, ctx) {
       calls.set++
-      if (typeof key !== 'string') throw invalid('key', 'a string', key)
-      if (data === undefined) throw invalid('data', 'a cache value or null', data)
+      if (typeof key !== 'string') throw shared.invalid('key', 'a string', key)
+      if (data === undefined) throw shared.invalid('data', 'a cache value or null', data)
       const context = ctx && typeof ctx === 'object' ? ctx : {}
       const isFetch = data !== null && data.kind === 'FETCH'
       const cacheControl = isFetch ? undefined : checkCacheControl(context.cacheControl)
       const chunks = encodeValue(data, cacheControl)
-      const tags = checkTags('tags', tagsOf(data, context))
+      const tags = shared.checkTags('tags', tagsOf(data, context))
       const { revalidate, expire } = lifetimes(data, cacheControl, context)
       const storeKey = KEY_PREFIX + key
       let release
@@ -139,20 +126,20 @@ function createIncrementalCacheHandler(options) {
         try {
           if (hasL2()) {
             const code = await native.ucSetRemote(storeKey, bytes, tags, 0, timestamp, expire, revalidate)
-            const written = SET_L2[code & 7]
+            const written = shared.SET_L2[code & 7]
             if (written === 'too-large-first') {
-              log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than l2MaxValueBytes (${resolved().l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
+              shared.log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than l2MaxValueBytes (${shared.resolved().l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
             } else if (written === 'failed') {
-              logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
+              shared.logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
             }
             return
           }
-          const outcome = SET_L1[native.ucSet(storeKey, bytes, tags, 0, timestamp, expire, revalidate)]
+          const outcome = shared.SET_L1[native.ucSet(storeKey, bytes, tags, 0, timestamp, expire, revalidate)]
           if (outcome === 'too-large-first') {
-            log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than the whole L1 (${resolved().l1MaxBytes} bytes) and was not stored (warned once)`)
+            shared.log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than the whole L1 (${shared.resolved().l1MaxBytes} bytes) and was not stored (warned once)`)
           }
         } catch (err) {
-          throw toStrataError(err)
+          throw shared.toStrataError(err)
         }
       } finally {
         if (pendingSets.get(storeKey) === pending) pendingSets.delete(storeKey)
@@ -163,7 +150,7 @@ function createIncrementalCacheHandler(options) {
     async revalidateTag(tags, durations) {
       calls.revalidateTag++
       const list = typeof tags === 'string' ? [tags] : tags
-      await updateTags(bootOnce, list, durations)
+      await shared.updateTags(bootOnce, list, durations)
     }
 
     /** Next calls it when a request starts (with a handler object it may reuse): follow the log anew. */
@@ -242,7 +229,7 @@ class SeedReader {
     try {
       found = readSeed(key, ctx, serverDistDir, this.manifest(serverDistDir))
     } catch (err) {
-      log('debug', `no build seed for ${key.slice(0, 120)}`, err)
+      shared.log('debug', `no build seed for ${key.slice(0, 120)}`, err)
     }
     if (found === null) {
       if (this.none.size >= MAX_NO_SEED) this.none.clear()
