@@ -64,6 +64,24 @@ const ops = {
       return { size: bytes.length, exact: bytes.equals(pattern(size, seed, repeat)) }
     }))
   },
+  // One get of a generated value (see setMany), timed here, in the instance's own process, from
+  // the call to the last byte of its stream: { ms, result: null | { size, exact } }.
+  async getTimed({ key, size, seed, repeat }) {
+    const t0 = performance.now()
+    const e = await handler.get(key, [])
+    const bytes = e && await readAll(e.value)
+    const ms = performance.now() - t0
+    return { ms, result: e && { size: bytes.length, exact: bytes.equals(pattern(size, seed, repeat)) } }
+  },
+  // One set of a generated value, timed the same way: { ms }.
+  async setTimed({ key, size, seed, repeat, tags = [] }) {
+    const t0 = performance.now()
+    await handler.set(key, Promise.resolve({
+      value: streamOf(pattern(size, seed, repeat)), tags, stale: 300, timestamp: now(), expire: 3600, revalidate: 900,
+    }))
+    return { ms: performance.now() - t0 }
+  },
+  async rss() { return process.memoryUsage().rss },
   async updateTags({ tags, durations }) { await handler.updateTags(tags, durations) },
   async refreshTags() { await handler.refreshTags() },
   async refreshMany({ n }) { await Promise.all(Array.from({ length: n }, () => handler.refreshTags())) },

@@ -170,6 +170,7 @@ impl Cache {
             }
             (Some(urls), Some(namespace)) => {
                 let max_ttl = Duration::from_secs(config.max_ttl_seconds);
+                let max_value = usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX);
                 let l2 = L2::with_clock(
                     L2Config {
                         urls: urls.split(',').map(|u| u.trim().to_owned()).collect(),
@@ -179,6 +180,7 @@ impl Cache {
                         connect_timeout: Duration::from_millis(config.redis_timeout_ms.max(1000)),
                         max_ttl,
                         log_max_len: 10_000,
+                        max_reply_bytes: max_envelope(max_value),
                         breaker: Default::default(),
                         ca_pem: match &config.redis_ca_file {
                             Some(path) => Some(std::fs::read(path).map_err(|e| {
@@ -202,7 +204,7 @@ impl Cache {
                         threshold_bytes: usize::try_from(config.compress_min_bytes)
                             .unwrap_or(usize::MAX),
                     },
-                    max_value: usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX),
+                    max_value,
                     max_ttl,
                     strict: config.strict,
                     verified: AtomicBool::new(false),

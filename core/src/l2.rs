@@ -51,13 +51,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{
     Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Script, ScriptInvocation,
     ServerErrorKind, Value,
 };
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use crate::breaker::{Breaker, BreakerConfig, Permit};
@@ -98,6 +103,10 @@ pub struct L2Config {
     pub max_ttl: Duration,
     /// Approximate cap on the length of the invalidation log (default 10 000).
     pub log_max_len: usize,
+    /// The longest string a reply may carry (default [`resp::DEFAULT_MAX_REPLY`]): a longer one
+    /// drops the connection before it is buffered (single server over plain TCP; see
+    /// [`resp::FrameGuard`]).
+    pub max_reply_bytes: usize,
     /// The circuit breaker's tuning.
     pub breaker: BreakerConfig,
     /// For `rediss://`: PEM of the CA(s) to trust instead of the built-in web PKI roots.
@@ -115,6 +124,7 @@ impl Default for L2Config {
             connect_timeout: Duration::from_secs(1),
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             log_max_len: 10_000,
+            max_reply_bytes: resp::DEFAULT_MAX_REPLY,
             breaker: BreakerConfig::default(),
             ca_pem: None,
         }
@@ -278,6 +288,7 @@ struct Inner {
     connect_timeout: Duration,
     max_ttl_ms: u64,
     log_max_len: usize,
+    max_reply_bytes: usize,
     slot: Mutex<Slot>,
     generation: AtomicU64,
 }
@@ -287,16 +298,90 @@ enum Backend {
     Cluster(Box<ClusterClient>),
 }
 
-/// A connection to a single server or a cluster; cheap to clone (both are handles).
+/// A connection to a single server or a cluster; cheap to clone (all are handles).
 #[derive(Clone)]
 enum Conn {
+    /// A single server over plain TCP, read through a [`resp::FrameGuard`]; the driver task is
+    /// aborted when the last handle goes.
+    Plain {
+        conn: MultiplexedConnection,
+        _driver: Arc<AbortOnDrop>,
+    },
+    /// A single server over TLS or a Unix socket.
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// Aborts a connection's driver task (its reader and writer) when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream whose incoming bytes pass a [`resp::FrameGuard`]: a reply announcing a string
+/// longer than the bound fails the read (the client library reports an I/O error, the
+/// connection is dropped) instead of being buffered whole.
+struct Guarded<S> {
+    inner: S,
+    guard: resp::FrameGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(
+                this.guard
+                    .observe(&buf.filled()[before..])
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            ),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
+            Conn::Plain { conn: c, .. } => c.req_packed_command(cmd),
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
@@ -309,6 +394,7 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
+            Conn::Plain { conn: c, .. } => c.req_packed_commands(pipeline, offset, count),
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
@@ -316,6 +402,7 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
+            Conn::Plain { conn: c, .. } => c.get_db(),
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
@@ -459,6 +546,7 @@ impl L2 {
                 connect_timeout,
                 max_ttl_ms,
                 log_max_len: cfg.log_max_len.max(1),
+                max_reply_bytes: cfg.max_reply_bytes,
                 slot: Mutex::new(Slot::Empty),
                 generation: AtomicU64::new(0),
             }),
@@ -1017,6 +1105,10 @@ impl Inner {
     async fn open(&self) -> RedisResult<Conn> {
         match &self.backend {
             Backend::Single(client) => {
+                let info = client.get_connection_info();
+                if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
+                    return self.open_plain(host, *port, info.redis_settings()).await;
+                }
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.op_timeout))
@@ -1029,6 +1121,32 @@ impl Inner {
             }
             Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
         }
+    }
+
+    /// A connection to a single server over plain TCP whose replies pass a [`resp::FrameGuard`]
+    /// (redis-rs buffers a reply whole before it parses it; nothing bounds that but this).
+    /// Reconnecting is ours (see [`Inner::forget`]), so no connection manager is needed.
+    async fn open_plain(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &redis::RedisConnectionInfo,
+    ) -> RedisResult<Conn> {
+        let stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        let guarded = Guarded {
+            inner: stream,
+            guard: resp::FrameGuard::new(self.max_reply_bytes),
+        };
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.op_timeout));
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(settings, guarded, config).await?;
+        let driver = Arc::new(AbortOnDrop(tokio::spawn(driver)));
+        Ok(Conn::Plain {
+            conn,
+            _driver: driver,
+        })
     }
 
     /// Drops connection `generation` after it failed, so the next call connects anew.
@@ -1270,7 +1388,10 @@ mod tests {
         assert_ne!(e, k.entry("/blog/2"));
         assert_eq!(e, Keys::new("ns").entry("/blog/1"));
         // Incremental-cache entries live apart from 'use cache' ones, same hash-tag rule.
-        let i = k.entry(&format!("{}/blog/1", crate::envelope::INCREMENTAL_KEY_PREFIX));
+        let i = k.entry(&format!(
+            "{}/blog/1",
+            crate::envelope::INCREMENTAL_KEY_PREFIX
+        ));
         assert!(i.starts_with("sc:ns:i:{") && i.ends_with('}'), "{i}");
         assert_eq!(i.len(), e.len());
         for key in [k.tag_state(), k.tag_index(), k.tag_log(), k.epoch()] {

@@ -340,6 +340,69 @@ fn parse(buf: &[u8], depth: usize, max: usize) -> Result<Option<(Reply, usize)>,
     }
 }
 
+/// Follows the framing of a RESP stream (RESP2 or RESP3) without keeping it, and fails as soon
+/// as a length-prefixed string announces more than `max` bytes, or a header line runs past
+/// [`MAX_LINE`]: what a client library that buffers whole replies (redis-rs) reads through it is
+/// then bounded like [`Reader`] is. Cheap: it looks at header lines only and skips payloads by
+/// count. Nesting needs no tracking, as every element of an aggregate starts with its own line.
+#[derive(Debug)]
+pub struct FrameGuard {
+    max: usize,
+    /// The header line read so far (without its `\n`).
+    line: Vec<u8>,
+    /// Payload bytes (and their `\r\n`) still to pass before the next header line.
+    skip: usize,
+}
+
+impl FrameGuard {
+    /// A guard refusing strings longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        FrameGuard {
+            max,
+            line: Vec::new(),
+            skip: 0,
+        }
+    }
+
+    /// Looks at the next `bytes` of the stream.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] once the stream is not acceptable; the caller drops the connection.
+    pub fn observe(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                self.extend_line(bytes)?;
+                return Ok(());
+            };
+            self.extend_line(&bytes[..end])?;
+            bytes = &bytes[end + 1..];
+            let line = std::mem::take(&mut self.line);
+            let line = line.strip_suffix(b"\r").unwrap_or(&line);
+            // `$` bulk, `=` verbatim and `!` bulk-error strings carry a length-prefixed payload.
+            if let (Some(b'$' | b'=' | b'!'), Some(digits)) = (line.first(), line.get(1..)) {
+                if let Some(n) = bulk_len(digits, self.max)? {
+                    self.skip = n + 2;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn extend_line(&mut self, part: &[u8]) -> Result<(), ProtocolError> {
+        if self.line.len() + part.len() > MAX_LINE {
+            return Err(ProtocolError("header line too long"));
+        }
+        self.line.extend_from_slice(part);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -517,6 +580,30 @@ mod tests {
             }
         }
         assert!(failed);
+    }
+
+    #[test]
+    fn the_frame_guard_passes_what_the_reader_accepts_and_stops_at_the_bound() {
+        let mut wire = b"+OK\r\n:5\r\n$-1\r\n*2\r\n$3\r\nabc\r\n*1\r\n$0\r\n\r\n".to_vec();
+        wire.extend_from_slice(b"$10\r\n0123\n56789\r\n"); // a payload with a newline in it
+        wire.extend_from_slice(b"=6\r\ntxt:hi\r\n%1\r\n+k\r\n:1\r\n");
+        // Byte by byte or whole: the same verdict.
+        let mut g = FrameGuard::new(10);
+        for b in &wire {
+            g.observe(std::slice::from_ref(b)).unwrap();
+        }
+        FrameGuard::new(10).observe(&wire).unwrap();
+        assert_eq!(g.skip, 0);
+        assert!(g.line.is_empty());
+        // Over the bound, split anywhere in its header: refused before the payload arrives.
+        let mut g = FrameGuard::new(10);
+        g.observe(b"$1").unwrap();
+        assert!(g.observe(b"1\r\n").is_err());
+        assert!(FrameGuard::new(1 << 20).observe(b"$524288000\r\n").is_err());
+        assert!(FrameGuard::new(10).observe(b"$-5\r\n").is_err());
+        assert!(FrameGuard::new(10)
+            .observe(&vec![b'+'; MAX_LINE + 1])
+            .is_err());
     }
 
     #[test]
