@@ -30,7 +30,7 @@
  * - Without `cacheComponents` nobody calls `refreshTags`: with Redis, the first `get` of each
  *   handler object (Next makes one per request) follows the invalidation log first.
  */
-const fs = require('node:fs')
+const { readFile, stat } = require('node:fs/promises')
 const path = require('node:path')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
@@ -77,16 +77,17 @@ function createIncrementalCacheHandler(options) {
         const pending = pendingSets.size === 0 ? undefined : pendingSets.get(storeKey)
         if (pending !== undefined) await pending
         bootOnce()
-        const softTags = kind === 'FETCH' && ctx && Array.isArray(ctx.softTags)
-          ? ctx.softTags.filter((t) => typeof t === 'string')
-          : []
+        // A fetch is checked against the tags of this read too (Next leaves tags out of the
+        // fetch key: one URL fetched with other `next.tags` shares the entry) and the path it
+        // is made under (`ctx.softTags`), as the built-in does (`ctx.tags ∪ ctx.softTags`).
+        const softTags = kind === 'FETCH' ? fetchReadTags(ctx) : []
         if (hasL2()) {
           if (this.refreshed === undefined) this.refreshed = native.ucRefreshTags().catch(() => {})
           await this.refreshed
         }
         let hit = await lookup(storeKey, softTags)
         if (hit === null && RESPONSE_KINDS.has(kind) && !this.ctx.dev) {
-          hit = seeds.seed(key, storeKey, ctx, this.ctx.serverDistDir)
+          hit = await seeds.seed(key, storeKey, ctx, this.ctx.serverDistDir)
         }
         if (hit === null) return null
         const staleByTag = Array.isArray(hit)
@@ -160,6 +161,15 @@ function createIncrementalCacheHandler(options) {
   }
 }
 
+/** The tags a FETCH read is checked against: `ctx.tags` and `ctx.softTags`. */
+function fetchReadTags(ctx) {
+  const tags = []
+  for (const list of [ctx && ctx.tags, ctx && ctx.softTags]) {
+    if (Array.isArray(list)) for (const t of list) if (typeof t === 'string') tags.push(t)
+  }
+  return tags
+}
+
 /** The store's answer for `storeKey`: an entry, `[entry]` (a tag is stale) or null. */
 async function lookup(storeKey, softTags) {
   if (hasL2()) return native.ucGetL2(storeKey, softTags)
@@ -223,17 +233,21 @@ class SeedReader {
   }
 
   /** The seed of `key` (inserted into L1 and judged there), or null. Never throws. */
-  seed(key, storeKey, ctx, serverDistDir) {
-    if (typeof serverDistDir !== 'string' || !key.startsWith('/route-cache/') || this.none.has(key)) return null
+  async seed(key, storeKey, ctx, serverDistDir) {
+    if (typeof serverDistDir !== 'string' || !key.startsWith('/route-cache/')) return null
+    // Whether a seed applies depends on the read (a fallback shell, a PPR resume), so a
+    // negative answer is remembered per variant of the read.
+    const variant = `${Boolean(ctx && ctx.isFallback)}${Boolean(ctx && ctx.isRoutePPREnabled)}${key}`
+    if (this.none.has(variant)) return null
     let found = null
     try {
-      found = readSeed(key, ctx, serverDistDir, this.manifest(serverDistDir))
+      found = await readSeed(key, ctx, serverDistDir, await this.manifest(serverDistDir))
     } catch (err) {
       shared.log('debug', `no build seed for ${key.slice(0, 120)}`, err)
     }
     if (found === null) {
       if (this.none.size >= MAX_NO_SEED) this.none.clear()
-      this.none.add(key)
+      this.none.add(variant)
       return null
     }
     const { value, cacheControl, lastModified } = found
@@ -250,19 +264,15 @@ class SeedReader {
   manifest(serverDistDir) {
     let routes = this.manifests.get(serverDistDir)
     if (routes === undefined) {
-      try {
-        const file = path.join(serverDistDir, '..', 'prerender-manifest.json')
-        routes = JSON.parse(fs.readFileSync(file, 'utf8')).routes || {}
-      } catch {
-        routes = {}
-      }
+      const file = path.join(serverDistDir, '..', 'prerender-manifest.json')
+      routes = readFile(file, 'utf8').then((text) => JSON.parse(text).routes || {}, () => ({}))
       this.manifests.set(serverDistDir, routes)
     }
     return routes
   }
 }
 
-function readSeed(key, ctx, serverDistDir, routes) {
+async function readSeed(key, ctx, serverDistDir, routes) {
   const kindEnd = key.indexOf('/', '/route-cache/'.length)
   const kind = key.slice('/route-cache/'.length, kindEnd)
   const marker = key.indexOf('/$/')
@@ -271,24 +281,24 @@ function readSeed(key, ctx, serverDistDir, routes) {
   const root = path.join(serverDistDir, kind === 'PAGES' ? 'pages' : 'app')
   const base = path.join(root, legacy)
   if (!base.startsWith(root + path.sep)) return null
-  const meta = JSON.parse(fs.readFileSync(`${base}.meta`, 'utf8'))
+  const meta = JSON.parse(await readFile(`${base}.meta`, 'utf8'))
   const isFallback = Boolean(ctx && ctx.isFallback)
   const pprShell = kind === 'APP_PAGE' && ctx && ctx.isRoutePPREnabled && meta.postponed != null
   if (!meta.routeCache || meta.routeCache.key !== key || !(meta.routeCache.isFallback === isFallback || pprShell)) {
     return null
   }
   const primary = kind === 'APP_ROUTE' ? `${base}.body` : `${base}.html`
-  const lastModified = meta.routeCacheLastModified ?? fs.statSync(primary).mtimeMs
+  const lastModified = meta.routeCacheLastModified ?? (await stat(primary)).mtimeMs
   let value
   if (kind === 'APP_ROUTE') {
-    value = { kind, body: fs.readFileSync(primary), headers: meta.headers, status: meta.status }
+    value = { kind, body: await readFile(primary), headers: meta.headers, status: meta.status }
   } else if (kind === 'APP_PAGE') {
     let segmentData
     if (Array.isArray(meta.segmentPaths)) {
       segmentData = new Map()
       for (const segmentPath of meta.segmentPaths) {
         try {
-          segmentData.set(segmentPath, fs.readFileSync(`${base}.segments${segmentPath}.segment.rsc`))
+          segmentData.set(segmentPath, await readFile(`${base}.segments${segmentPath}.segment.rsc`))
         } catch {
           // As the built-in: a missing segment is treated as one without a prefetch.
         }
@@ -296,11 +306,11 @@ function readSeed(key, ctx, serverDistDir, routes) {
     }
     let rscData
     if (!isFallback && (!(ctx && ctx.isRoutePPREnabled) || meta.postponed == null)) {
-      rscData = fs.readFileSync(`${base}.rsc`)
+      rscData = await readFile(`${base}.rsc`)
     }
     value = {
       kind,
-      html: fs.readFileSync(primary, 'utf8'),
+      html: await readFile(primary, 'utf8'),
       rscData,
       postponed: meta.postponed,
       headers: meta.headers,
@@ -308,8 +318,8 @@ function readSeed(key, ctx, serverDistDir, routes) {
       segmentData,
     }
   } else {
-    const pageData = isFallback ? {} : JSON.parse(fs.readFileSync(`${base}.json`, 'utf8'))
-    value = { kind, html: fs.readFileSync(primary, 'utf8'), pageData, headers: meta.headers, status: meta.status }
+    const pageData = isFallback ? {} : JSON.parse(await readFile(`${base}.json`, 'utf8'))
+    value = { kind, html: await readFile(primary, 'utf8'), pageData, headers: meta.headers, status: meta.status }
   }
   // The route's lifetimes as the build recorded them (Next falls back to the same manifest).
   const pathname = legacy === '/index' ? '/' : legacy

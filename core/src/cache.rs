@@ -35,6 +35,9 @@ use crate::tags::Durations;
 /// How often the clock offset to Redis is re-measured.
 pub const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Readings of Redis' clock per synchronisation (the one with the shortest round trip is used).
+const CLOCK_SAMPLES: usize = 3;
+
 /// Two instances whose offsets to Redis agree within this many ms are on the same clock (the
 /// offset is measured to about half a round trip): the writer's own `timestamp` is returned
 /// unchanged, so a value written and read on one host round-trips exactly.
@@ -268,8 +271,8 @@ impl Cache {
     }
 
     /// `get` from L1 when an L2 is configured: a hit only when the L1 copy is fresh and not
-    /// older than the request's soft-tag expiry. Anything else (absent, stale by a tag, expired
-    /// by a soft tag) returns a miss so the caller asks L2, where another instance may already
+    /// older than the request's soft-tag expiry. Anything else (absent, stale by a tag or by
+    /// time, expired by a soft tag) returns a miss so the caller asks L2, where another instance may already
     /// have stored the regenerated value: one regeneration for the fleet, not one per instance.
     pub fn get_local_fresh<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
         if let Some(r) = &self.remote {
@@ -284,7 +287,9 @@ impl Cache {
             Lookup::Hit {
                 entry,
                 stale_by_tag: false,
-            } if !self.store.soft_expired(&entry, soft_tags) => {
+            } if !self.store.soft_expired(&entry, soft_tags)
+                && !self.store.past_revalidate(&entry) =>
+            {
                 Metrics::inc(&self.store.metrics().l1_hits);
                 Lookup::Hit {
                     entry,
@@ -775,8 +780,25 @@ impl Cache {
     /// Re-measures `offset = redis_time − local_time` (error ≈ half a round trip).
     pub async fn sync_clock(&self) {
         let Some(r) = &self.remote else { return };
-        if let Ok(t) = r.l2.server_time().await {
-            self.store.clock().set_offset(t.server_ms - t.local_mid_ms);
+        // The best of a few readings (the shortest round trip bounds the error best; the first
+        // may include connecting and loading the script).
+        let mut best: Option<crate::l2::ServerTime> = None;
+        for _ in 0..CLOCK_SAMPLES {
+            if let Ok(t) = r.l2.server_time().await {
+                if best.as_ref().is_none_or(|b| t.rtt_ms < b.rtt_ms) {
+                    best = Some(t);
+                }
+            }
+        }
+        if let Some(t) = best {
+            // Redis read its clock somewhere inside the round trip, so the true offset lies in
+            // [server − local_after, server − local_before]. The lower bound is taken: entries
+            // are then stamped no later than they were written, and an invalidation made just
+            // after a write always reaches it (the other choice lets it survive by up to half
+            // a round trip). The cost: an entry written within that error after an
+            // invalidation is taken for older than it, one extra miss.
+            let local_after = t.local_mid_ms + t.rtt_ms / 2.0;
+            self.store.clock().set_offset(t.server_ms - local_after);
             r.clock_synced.store(true, Ordering::Release);
         }
     }

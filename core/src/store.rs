@@ -192,6 +192,12 @@ impl Store {
         }
     }
 
+    /// Whether `entry` is past its `revalidate` window on this instance's clock (Next would
+    /// regenerate it): another instance may have stored the regenerated value in L2 already.
+    pub fn past_revalidate(&self, entry: &Entry) -> bool {
+        self.clock.local_ms() > entry.meta.timestamp + entry.meta.revalidate * 1000.0
+    }
+
     /// Checks `meta` and decides whether it should be stored at all.
     pub fn admit(&self, meta: &EntryMeta) -> Result<Option<SetOutcome>> {
         meta.validate()?;
