@@ -289,6 +289,10 @@ function encodeValue(value, cacheControl) {
   }
 
   const textLengths = texts.map(([, s]) => Buffer.byteLength(s, 'utf8'))
+  // Text parts that are pure ASCII (one byte per character) are decoded as latin1, several
+  // times faster than UTF-8 for the same result (~60 vs ~500 µs per MB of html).
+  const ascii = texts.filter(([, s], i) => textLengths[i] === s.length).map(([role]) => role)
+  if (ascii.length > 0) meta.ascii = ascii
   meta.parts = [
     ...texts.map(([role], i) => [role, textLengths[i]]),
     ...binaries.map(([role, bytes, name]) => (name === undefined ? [role, bytes.byteLength] : [role, bytes.byteLength, name])),
@@ -395,6 +399,9 @@ function decodeBuffer(buf) {
   }
   if (at !== buf.length) throw decodeError(`${buf.length - at} bytes after the last part`)
 
+  if (hasOwn(meta, 'ascii') && !(Array.isArray(meta.ascii) && meta.ascii.every((r) => typeof r === 'string'))) {
+    throw decodeError('ascii is not a list of names')
+  }
   let cacheControl
   if (hasOwn(meta, 'cc')) {
     try {
@@ -454,7 +461,7 @@ function decodeBuffer(buf) {
       value[k] = undefined
     } else if (single.has(k)) {
       const p = single.get(k)
-      value[k] = f.type === 'text' ? buf.toString('utf8', p.start, p.end) : buf.subarray(p.start, p.end)
+      value[k] = f.type === 'text' ? buf.toString(textEncoding(meta, k), p.start, p.end) : buf.subarray(p.start, p.end)
     } else if (maps.includes(k)) {
       const m = new Map()
       for (const [name, p] of entries.get(k) || []) m.set(name, buf.subarray(p.start, p.end))
@@ -462,7 +469,7 @@ function decodeBuffer(buf) {
     } else if (hasOwn(fields, k)) {
       const v = fields[k]
       if (f.type === 'fetchData') {
-        value[k] = decodeFetchData(v, single.get(FETCH_BODY), undef.includes(FETCH_STATUS), buf)
+        value[k] = decodeFetchData(v, single.get(FETCH_BODY), undef.includes(FETCH_STATUS), buf, textEncoding(meta, FETCH_BODY))
       } else {
         // A part-backed field stored in JSON can only be an explicit null.
         if ((f.type === 'text' || f.type === 'bytes' || f.type === 'segments') && v !== null) {
@@ -478,6 +485,11 @@ function decodeBuffer(buf) {
   if (meta.kind !== 'FETCH' && undef.includes(FETCH_STATUS)) throw decodeError(`\`${FETCH_STATUS}\` outside FETCH`)
   checkValue(value)
   return { value, cacheControl }
+}
+
+/** How text part `role` was stored: `latin1` when the encoder found it pure ASCII. */
+function textEncoding(meta, role) {
+  return meta.ascii !== undefined && meta.ascii.includes(role) ? 'latin1' : 'utf8'
 }
 
 /**
@@ -497,14 +509,14 @@ function checkCacheControl(cc) {
   return expire === undefined ? { revalidate } : { revalidate, expire }
 }
 
-function decodeFetchData(data, bodyPart, statusUndefined, buf) {
+function decodeFetchData(data, bodyPart, statusUndefined, buf, encoding) {
   if (!isObject(data) || Array.isArray(data) || !bodyPart) throw decodeError('bad FETCH data')
   for (const k of Object.keys(data)) {
     if (k !== 'headers' && k !== 'url' && k !== 'status') throw decodeError(`unknown FETCH data field \`${k}\``)
   }
   if (statusUndefined && hasOwn(data, 'status')) throw decodeError('`data.status` is stored twice')
   // Key order as Next builds it (`patch-fetch.js`, `unstable-cache.js`): headers, body, status, url.
-  const out = { headers: data.headers, body: buf.toString('utf8', bodyPart.start, bodyPart.end) }
+  const out = { headers: data.headers, body: buf.toString(encoding, bodyPart.start, bodyPart.end) }
   if (hasOwn(data, 'status')) out.status = data.status
   else if (statusUndefined) out.status = undefined
   out.url = data.url

@@ -92,7 +92,7 @@ function createIncrementalCacheHandler(options) {
         if (hit === null) return null
         const staleByTag = Array.isArray(hit)
         const entry = staleByTag ? hit[0] : hit
-        const { value, cacheControl } = decodeEntry(entry.value)
+        const { value, cacheControl } = decoded(entry)
         // Next throws on a FETCH entry under a response key and the reverse: a miss instead.
         if (kind !== undefined && (kind === 'FETCH') !== (value !== null && value.kind === 'FETCH')) return null
         let lastModified = entry.timestamp
@@ -159,6 +159,25 @@ function createIncrementalCacheHandler(options) {
       this.refreshed = undefined
     }
   }
+}
+
+/**
+ * Decoded values of the entries L1 holds, keyed by the entry object the store hands out: a
+ * retained entry is the same object on every hit, and the store lets go of it when L1 drops the
+ * entry, so a value is decoded once per residency (the built-in handler likewise hands out the
+ * very object it stored; Next treats it as read-only). Only the strings (html, a fetch body) are
+ * materialised in the V8 heap, while the entry is read; every Buffer stays a view of the Rust
+ * payload.
+ */
+const decodedValues = new WeakMap()
+
+function decoded(entry) {
+  let d = decodedValues.get(entry)
+  if (d === undefined) {
+    d = decodeEntry(entry.value)
+    decodedValues.set(entry, d)
+  }
+  return d
 }
 
 /** The tags a FETCH read is checked against: `ctx.tags` and `ctx.softTags`. */
