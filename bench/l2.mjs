@@ -30,7 +30,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
-import { runInterleaved, summarize, thirds, timerOverheadNs } from './lib/engine.mjs';
+import { runInterleaved, runJsonChild, summarize, thirds, timerOverheadNs } from './lib/engine.mjs';
 import { ROOT, addonInfo, streamOf, readNoCopy, cacheKey, entryOf, SOFT_TAGS, PROFILE } from './lib/contenders.mjs';
 import { saveRaw, writeSection } from './lib/report.mjs';
 
@@ -712,22 +712,11 @@ if (opt('child')) {
 // Parent: one redis-server, one child per configuration, report.
 const { startRedis } = await import('../__test__/helpers/redis-server.mjs');
 
-function runChild(which, url, outFile, redisPid, extra = []) {
-  return new Promise((resolve, reject) => {
-    const args = ['--expose-gc', SELF, `--child=${which}`, `--url=${url}`, `--out=${outFile}`, `--redis-pid=${redisPid}`, ...extra, ...argv];
-    // Children configure ours in code only: no Redis URL or L1 size from the environment.
-    const env = { ...process.env, STRATA_LOG: 'error' };
-    for (const k of ['STRATA_REDIS_URL', 'REDIS_URL', 'STRATA_REDIS_CLUSTER', 'STRATA_L1_MAX_BYTES', 'STRATA_NAMESPACE', 'STRATA_COMPRESS_MIN_BYTES']) delete env[k];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'], env });
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      let res;
-      try { res = JSON.parse(readFileSync(outFile, 'utf8')); } catch { res = { error: `child ${which} exited (code ${code}, signal ${signal}) without a result` }; }
-      rmSync(outFile, { force: true });
-      if (res.error) reject(new Error(`child ${which} failed:\n${res.error}`));
-      else resolve(res);
-    });
-  });
+function runChild(which, url, redisPid, extra = []) {
+  // Children configure ours in code only: no Redis URL or L1 size from the environment.
+  const env = { ...process.env, STRATA_LOG: 'error' };
+  for (const k of ['STRATA_REDIS_URL', 'REDIS_URL', 'STRATA_REDIS_CLUSTER', 'STRATA_L1_MAX_BYTES', 'STRATA_NAMESPACE', 'STRATA_COMPRESS_MIN_BYTES']) delete env[k];
+  return runJsonChild(SELF, which, [`--url=${url}`, `--redis-pid=${redisPid}`, ...extra, ...argv], env);
 }
 
 const started = Date.now();
@@ -744,7 +733,6 @@ const env = {
   gc: flag('no-gc') ? 'off (--no-gc)' : 'minor GC before every slice, full GC every round (outside timing)',
   head: (() => { try { return execFileSync('git', ['-C', ROOT, 'log', '-1', '--format=%h %cI'], { encoding: 'utf8' }).trim(); } catch { return '?'; } })(),
 };
-const tmpOut = (w) => path.join(os.tmpdir(), `strata-l2-${process.pid}-${w}.json`);
 
 const results = {};
 const redis = await startRedis();
@@ -754,7 +742,7 @@ try {
     const parts = [];
     for (const [i, size] of SIZES.entries()) {
       const extra = [`--size=${size}`, ...(i === 0 ? ['--misc'] : [])];
-      parts.push(await runChild('rw', redis.url, tmpOut(`rw-${size}`), redis.pid, extra));
+      parts.push(await runChild('rw', redis.url, redis.pid, extra));
     }
     results.rw = {
       env: parts[0].env,
@@ -768,14 +756,14 @@ try {
   }
   if (PARTS.has('cold')) {
     await redis.cli('FLUSHALL');
-    const fill = await runChild('coldfill', redis.url, tmpOut('coldfill'), redis.pid);
-    results.cold = { fill, ...(await runChild('cold', redis.url, tmpOut('cold'), redis.pid)) };
+    const fill = await runChild('coldfill', redis.url, redis.pid);
+    results.cold = { fill, ...(await runChild('cold', redis.url, redis.pid)) };
     await redis.cli('FLUSHALL');
   }
-  if (PARTS.has('compress')) results.compress = await runChild('compress', redis.url, tmpOut('compress'), redis.pid);
+  if (PARTS.has('compress')) results.compress = await runChild('compress', redis.url, redis.pid);
   if (PARTS.has('tags')) {
     await redis.cli('FLUSHALL'); // the tags child's Redis view should not include the rw keys' memory
-    results.tags = await runChild('tags', redis.url, tmpOut('tags'), redis.pid);
+    results.tags = await runChild('tags', redis.url, redis.pid);
   }
   env.redisInfo = (await redis.cli('INFO', 'server')).split(/\r?\n/).filter((l) => /^(redis_version|process_id|tcp_port|hz|io_threads_active)/.test(l)).join(', ');
 } finally {

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { runInterleaved, summarize, thirds, timerOverheadNs } from './lib/engine.mjs';
-import { saveRaw, writeSection } from './lib/report.mjs';
+import { runConditions, saveRaw, writeSection } from './lib/report.mjs';
 import {
   ROOT, NEXT_VERSION, createBuiltin, createOurs, addonInfo, streamFromBuffer, streamToBuffer, streamOf,
   readNoCopy, cacheKey, entryOf, SOFT_TAGS,
@@ -205,12 +205,7 @@ for (const c of contenders) {
 const started = Date.now();
 const timerNs = await timerOverheadNs();
 const env = {
-  date: new Date().toISOString(),
-  nproc: os.availableParallelism ? os.availableParallelism() : os.cpus().length,
-  cpu: os.cpus()[0]?.model?.trim() ?? '?',
-  node: process.version,
-  next: NEXT_VERSION,
-  loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+  ...runConditions(),
   gc: gc ? 'minor GC before every slice, full GC every round (outside timing)' : 'off (--no-gc)',
   quick: QUICK,
   timerNs,

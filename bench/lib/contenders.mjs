@@ -150,3 +150,52 @@ export function entryOf(chunk) {
     timestamp: performance.timeOrigin + performance.now(),
   };
 }
+
+// ---------------------------------------------------------------------------------------------
+// The singular `cacheHandler` (Next's incremental cache), for bench/incremental.mjs.
+
+/**
+ * The context Next's IncrementalCache hands its handler class
+ * (next/dist/server/lib/incremental-cache/index.js: `new CurCacheHandler({ dev, fs, flushToDisk,
+ * serverDistDir, revalidatedTags, maxMemoryCacheSize, _requestHeaders, fetchCacheKeyPrefix })`),
+ * with next start's defaults: `fs` = Next's node fs wrapper, `flushToDisk` true
+ * (`experimental.isrFlushToDisk`), `maxMemoryCacheSize` = `cacheMaxMemorySize` (50 MiB).
+ */
+export function incrementalHandlerContext(serverDistDir, { flushToDisk = true, maxMemoryCacheSize = 50 * 1024 * 1024 } = {}) {
+  const { nodeFs } = require('next/dist/server/lib/node-fs-methods.js');
+  return { dev: false, fs: nodeFs, flushToDisk, serverDistDir, revalidatedTags: [], maxMemoryCacheSize, _requestHeaders: {}, fetchCacheKeyPrefix: '' };
+}
+
+/**
+ * Next's built-in incremental handler, `FileSystemCache`, constructed as IncrementalCache does.
+ * Its memory cache is one LRU per process (`memory-cache.external.js`), shared by every
+ * instance and sized by the first; `memoryCache()` returns it.
+ */
+export function createIncrementalBuiltin(serverDistDir, options) {
+  const FileSystemCache = interop(require('next/dist/server/lib/incremental-cache/file-system-cache.js'));
+  const ctx = incrementalHandlerContext(serverDistDir, options);
+  return { Handler: FileSystemCache, ctx, handler: new FileSystemCache(ctx), memoryCache: () => FileSystemCache.memoryCache };
+}
+
+/**
+ * Ours: the class `createIncrementalCacheHandler(options)` returns (what `strata-cache/incremental`
+ * exports, configured in code), an instance of it, and the pieces the bench times alone: the
+ * native binding, the codec (lib/incremental-codec.js) and the store-key prefix. `modulePath`:
+ * another build's index.js (default: this package, `require('strata-cache')`).
+ */
+export function createIncrementalOurs(options, ctx, modulePath) {
+  const main = modulePath ? path.resolve(modulePath) : require.resolve('strata-cache');
+  const dir = path.dirname(main);
+  const m = require(main);
+  const Handler = m.createIncrementalCacheHandler(options);
+  return {
+    Handler,
+    handler: new Handler(ctx),
+    module: m,
+    native: m[Symbol.for('strata-cache.internals')].native,
+    codec: require(path.join(dir, 'lib', 'incremental-codec.js')),
+    KEY_PREFIX: require(path.join(dir, 'lib', 'incremental.js')).KEY_PREFIX,
+    how: `${path.relative(ROOT, main) || main} createIncrementalCacheHandler(${JSON.stringify(options)})`,
+    addon: addonInfo(dir),
+  };
+}

@@ -1,4 +1,5 @@
-// Interleaved per-op latency engine for bench/run.mjs.
+// Interleaved per-op latency engine for the bench scripts (run.mjs, l2.mjs, incremental.mjs),
+// and how they are run (flags, GC, JSON-reporting child processes: the end of this file).
 //
 // A "group" holds the cells that are compared with each other (e.g. built-in vs ours, same op,
 // same size). Every round runs each group once; inside a group each cell gets one time slice, and
@@ -13,6 +14,11 @@
 // every slice and a full GC at the start of every round, so the garbage one contender leaves
 // behind is not collected on the other contender's clock. Garbage a contender makes inside its own
 // slice is still collected during that slice and shows in its own p99.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 const now = () => process.hrtime.bigint();
 
@@ -111,4 +117,74 @@ export async function timerOverheadNs() {
     v[i] = Number(t1 - t0);
   }
   return summarize(v).p50;
+}
+
+/** p50/p99/mean/ops/s of a cell measured by runInterleaved, with the p50 of each third of its rounds. */
+export function cellSummary(cell) {
+  return { ...summarize(cell.samples.view()), thirds: thirds(cell.samples) };
+}
+
+/** An `onRound` callback that prints "label: round r/n" about ten times per phase (to stderr). */
+export function roundPrinter(label) {
+  return (r, n) => {
+    if (r >= 0 && (r % Math.max(1, Math.floor(n / 10)) === 0 || r === n - 1)) process.stderr.write(`\r  ${label}: round ${r + 1}/${n}   `);
+    if (r === n - 1) process.stderr.write('\n');
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// How a bench script is run: its flags, GC, and child processes that report back in JSON.
+
+/** `--name` and `--name=value` flags of `argv`. */
+export function cliArgs(argv = process.argv.slice(2)) {
+  return {
+    argv,
+    flag: (name) => argv.includes(`--${name}`),
+    opt: (name) => argv.find((x) => x.startsWith(`--${name}=`))?.slice(name.length + 3),
+  };
+}
+
+/**
+ * The `gc` function for runInterleaved: unless `--no-gc`, re-executes `scriptPath` with
+ * --expose-gc when it is missing (the process then exits with the child's status).
+ */
+export function gcOrReexec(scriptPath, argv = process.argv.slice(2)) {
+  if (argv.includes('--no-gc')) return undefined;
+  if (typeof globalThis.gc === 'function') return globalThis.gc;
+  const r = spawnSync(process.execPath, ['--expose-gc', ...process.execArgv, scriptPath, ...argv], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
+
+/**
+ * Runs `node --expose-gc scriptPath --child=NAME --out=FILE ...args` and resolves with the JSON
+ * the child wrote to FILE (see `childMain`); rejects with the child's error. `env` replaces the
+ * child's environment.
+ */
+export function runJsonChild(scriptPath, name, args = [], env = process.env) {
+  const out = path.join(os.tmpdir(), `strata-bench-${process.pid}-${name}-${Date.now()}.json`);
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--expose-gc', scriptPath, `--child=${name}`, `--out=${out}`, ...args], { stdio: ['ignore', 'inherit', 'inherit'], env });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      let res;
+      try { res = JSON.parse(readFileSync(out, 'utf8')); } catch { res = { error: `child ${name} exited (code ${code}, signal ${signal}) without a result` }; }
+      rmSync(out, { force: true });
+      if (res.error) reject(new Error(`child ${name} failed:\n${res.error}`));
+      else resolve(res);
+    });
+  });
+}
+
+/** The child side of runJsonChild: runs `children[--child]`, writes its result (or error) to --out, exits. */
+export async function childMain(children, { opt } = cliArgs()) {
+  const name = opt('child');
+  let result;
+  try {
+    if (!Object.hasOwn(children, name)) throw new Error(`unknown child ${name}`);
+    result = await children[name]();
+  } catch (err) {
+    result = { error: String(err && err.stack ? err.stack : err) };
+  }
+  writeFileSync(opt('out'), JSON.stringify(result));
+  process.exit(result.error ? 1 : 0);
 }

@@ -2,8 +2,10 @@
 // recorded run, its generated section of bench/RESULTS.md (between the section's markers; the
 // hand-written text around them is kept).
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
 import path from 'node:path';
-import { ROOT } from './contenders.mjs';
+import { ROOT, NEXT_VERSION } from './contenders.mjs';
 
 const HERE = path.join(ROOT, 'bench');
 
@@ -32,4 +34,41 @@ export function writeSection({ write, quick, begin, end, report, what }) {
   const tail = i >= 0 && j > i ? prev.slice(j + end.length) : '\n';
   writeFileSync(file, `${head}${begin}\n\n${report}\n${end}${tail}`);
   console.log(`wrote ${path.relative(ROOT, file)}${what ? ` (${what})` : ''}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting and conditions shared by the generated sections.
+
+/** µs from ns, 3 significant digits at most; '–' when not a number. */
+export const us = (ns) => (Number.isFinite(ns) ? (ns / 1000 >= 100 ? (ns / 1000).toFixed(0) : (ns / 1000).toFixed(ns / 1000 >= 10 ? 1 : 2)) : '–');
+/** A whole number with thousands separators. */
+export const int = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US') : '–');
+/** `1.23×`; two significant digits under 0.1 (`0.0042×`). */
+export const ratio = (x) => (Number.isFinite(x) ? `${Math.abs(x) >= 0.1 || x === 0 ? x.toFixed(2) : x.toPrecision(2)}×` : '–');
+/** min–max of `a ÷ b` over the thirds of two cellSummary results (the ratio's spread in one run). */
+export function thirdsRange(a, b) {
+  const per = a.thirds.map((x, i) => x / b.thirds[i]).filter(Number.isFinite);
+  return per.length ? `${ratio(Math.min(...per))}–${ratio(Math.max(...per))}` : '–';
+}
+
+/** The lines of a Markdown table. */
+export function mdTable(head, rows) {
+  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
+}
+
+/** Where and when a run happened: machine, load, Node, next, the checkout's commit. */
+export function runConditions() {
+  const git = (...args) => {
+    try { return execFileSync('git', ['-C', ROOT, ...args], { encoding: 'utf8' }).trim(); } catch { return '?'; }
+  };
+  return {
+    date: new Date().toISOString(),
+    nproc: os.availableParallelism ? os.availableParallelism() : os.cpus().length,
+    cpu: os.cpus()[0]?.model?.trim() ?? '?',
+    node: process.version,
+    next: NEXT_VERSION,
+    loadavg: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+    head: git('log', '-1', '--format=%h %cI'),
+    dirty: git('status', '--porcelain').split('\n').filter(Boolean).length,
+  };
 }
