@@ -14,16 +14,11 @@ const LOG_LEVELS = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 }
 
 const { StrataError, describe, invalid } = require('./lib/errors.js')
 
+/** Any error from the addon (which sets `code`) or from JS as a StrataError; unknown: STRATA_INTERNAL. */
 function toStrataError(err) {
   if (err instanceof StrataError) return err
-  let message = err && err.message ? err.message : String(err)
-  let code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
-  // Async exports carry their code as a "[STRATA_…] " prefix of the message.
-  const m = /^\[(STRATA_[A-Z_]+)\] ([\s\S]*)$/.exec(message)
-  if (m) {
-    code = m[1]
-    message = m[2]
-  }
+  const message = err && err.message ? err.message : String(err)
+  const code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
   return new StrataError(code, message, { cause: err })
 }
 

@@ -216,16 +216,7 @@ unsafe extern "C" fn settle_queued(
                 sys::napi_resolve_deferred(env, deferred, v.raw());
             }
             Err(e) => {
-                let mut msg = ptr::null_mut();
-                let mut err = ptr::null_mut();
-                let text = format!("[{}] {}", e.status.as_ref(), e.reason);
-                sys::napi_create_string_utf8(
-                    env,
-                    text.as_ptr().cast(),
-                    text.len() as isize,
-                    &mut msg,
-                );
-                sys::napi_create_error(env, ptr::null_mut(), msg, &mut err);
+                let err = js_entry::error_object(&env_ref, e.status.as_ref(), &e.reason);
                 sys::napi_reject_deferred(env, deferred, err);
             }
         }

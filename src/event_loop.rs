@@ -1269,22 +1269,9 @@ fn undefined(env: &Env) -> sys::napi_value {
     v
 }
 
-/// An `Error` whose message starts with `[CODE]`, as the bridge rejects with.
+/// The JS error of a core error: its code as `err.code`.
 fn error_value(env: &Env, e: &strata_core::Error) -> sys::napi_value {
-    let text = format!("[{}] {e}", e.code());
-    let mut msg = ptr::null_mut();
-    let mut err = ptr::null_mut();
-    // SAFETY: plain napi calls on the live environment.
-    unsafe {
-        sys::napi_create_string_utf8(
-            env.raw(),
-            text.as_ptr().cast(),
-            text.len() as isize,
-            &mut msg,
-        );
-        sys::napi_create_error(env.raw(), ptr::null_mut(), msg, &mut err);
-    }
-    err
+    js_entry::error_object(env, e.code(), &e.to_string())
 }
 
 /// Environment teardown: closes the connection; reads in flight are abandoned (their promises

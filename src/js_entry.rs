@@ -229,6 +229,14 @@ pub fn null(env: &Env) -> JsResult<RawValue> {
     Ok(RawValue(v))
 }
 
+/// A number (`n`).
+pub fn uint32(env: &Env, n: u32) -> JsResult<RawValue> {
+    let mut v = ptr::null_mut();
+    // SAFETY: plain napi call on the live environment of the current call or callback.
+    check_js(unsafe { sys::napi_create_uint32(env.raw(), n, &mut v) })?;
+    Ok(RawValue(v))
+}
+
 /// `undefined`.
 pub fn undefined(env: &Env) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
@@ -298,6 +306,31 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
         }
     }
     Ok(RawValue(obj))
+}
+
+/// A JS `Error` carrying `code` as its `code` property (what JS reads; the message is only
+/// for people). Used wherever a promise is rejected from native code.
+pub fn error_object(env: &Env, code: &str, message: &str) -> sys::napi_value {
+    let mut code_value = ptr::null_mut();
+    let mut msg = ptr::null_mut();
+    let mut err = ptr::null_mut();
+    // SAFETY: plain napi calls on the live environment of the current call or callback.
+    unsafe {
+        sys::napi_create_string_utf8(
+            env.raw(),
+            code.as_ptr().cast(),
+            code.len() as isize,
+            &mut code_value,
+        );
+        sys::napi_create_string_utf8(
+            env.raw(),
+            message.as_ptr().cast(),
+            message.len() as isize,
+            &mut msg,
+        );
+        sys::napi_create_error(env.raw(), code_value, msg, &mut err);
+    }
+    err
 }
 
 unsafe extern "C" fn drop_bytes(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {

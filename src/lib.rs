@@ -460,13 +460,7 @@ pub fn uc_set_remote(
 
 /// The `{ l1, l2 }` object a set's promise resolves to.
 fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawValue> {
-    let mut v = std::ptr::null_mut();
-    // SAFETY: `env` is the live environment of the current call or callback.
-    let status = unsafe { napi::sys::napi_create_uint32(env.raw(), set_code(g, report), &mut v) };
-    if status != napi::sys::Status::napi_ok {
-        return Err(internal("could not create the set outcome"));
-    }
-    Ok(RawValue::from_raw(v))
+    js_entry::uint32(env, set_code(g, report))
 }
 
 /// `refreshTags()`: a promise; follows the shared invalidation log (one round trip, usually
@@ -608,23 +602,25 @@ pub fn uc_update_tags_remote(
 /// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;
 /// resolves with how many are still queued (0 = all delivered, or no Redis).
 #[napi(js_name = "flush")]
-pub async fn flush(timeout_ms: f64) -> napi::Result<u32> {
-    let Some(g) = GLOBAL.get() else { return Ok(0) };
-    let ms = if timeout_ms.is_finite() && timeout_ms > 0.0 {
-        timeout_ms.min(3_600_000.0)
-    } else {
-        0.0
-    };
-    let flushed = panic::Contained::new(
-        g.cache
-            .flush(strata_core::clock::duration_from_secs(ms / 1000.0)),
-    );
-    let left = flushed.await.map_err(|()| {
-        napi::Error::from_reason(
-            "[STRATA_INTERNAL] internal error (a panic, contained; see the log)",
-        )
-    })?;
-    Ok(u32::try_from(left).unwrap_or(u32::MAX))
+pub fn flush(env: Env, timeout_ms: f64) -> Result<RawValue, Code> {
+    panic::guard(move || {
+        let g = global()?;
+        let ms = if timeout_ms.is_finite() && timeout_ms > 0.0 {
+            timeout_ms.min(3_600_000.0)
+        } else {
+            0.0
+        };
+        let fut = async move {
+            let left = g
+                .cache
+                .flush(strata_core::clock::duration_from_secs(ms / 1000.0))
+                .await;
+            let left = u32::try_from(left).unwrap_or(u32::MAX);
+            let settle: bridge::Settle = Box::new(move |env| js_entry::uint32(env, left));
+            settle
+        };
+        bridge::submit(&env, fut)
+    })
 }
 
 /// `getExpiration(tags)`.
