@@ -38,3 +38,13 @@ const incrementalGets: number = s.incrementalCalls.get
 void incrementalGets
 // @ts-expect-error unknown option
 createIncrementalCacheHandler({ nope: true })
+
+// withStrataCache keeps the app's config type, in both forms; options are typed.
+import { withStrataCache } from 'strata-cache/config'
+const appConfig = { cacheComponents: true, reactStrictMode: true, cacheHandlers: { static: '/x.js' } }
+const wired: typeof appConfig = withStrataCache(appConfig, { incremental: true })
+const wiredFn: (phase: string) => Promise<{ distDir: string; cacheComponents: boolean }> = withStrataCache((phase: string) => ({ distDir: phase === 'x' ? 'a' : '.next', cacheComponents: false }))
+void wired
+void wiredFn
+// @ts-expect-error unknown option
+withStrataCache({}, { redis: 'redis://x' })
