@@ -60,23 +60,26 @@ fn check(status: sys::napi_status) -> JsResult<()> {
     }
 }
 
+/// `env`'s bridge, made on first use. `env` is `submit`'s (its only caller): the environment of
+/// the JS call running on this thread.
 fn bridge_for(env: sys::napi_env) -> JsResult<Arc<Bridge>> {
     if let Some(b) = BRIDGES.lock().as_ref().and_then(|m| m.get(&(env as usize))) {
         return Ok(Arc::clone(b));
     }
-    // SAFETY: plain napi calls on the live environment of this call, on its own thread.
-    unsafe {
-        let mut name = ptr::null_mut();
-        check(sys::napi_create_string_utf8(
-            env,
-            c"strata-cache".as_ptr(),
-            12,
-            &mut name,
-        ))?;
-        let slot = Arc::new(Mutex::new(None::<Arc<Bridge>>));
-        let context = Arc::into_raw(Arc::clone(&slot)) as *mut c_void;
-        let mut tsfn = ptr::null_mut();
-        let status = sys::napi_create_threadsafe_function(
+    let mut name = ptr::null_mut();
+    // SAFETY: `env` is the environment of the JS call running on this thread (see above); the
+    // name is a NUL-terminated literal of 12 bytes; a local out-pointer.
+    check(unsafe { sys::napi_create_string_utf8(env, c"strata-cache".as_ptr(), 12, &mut name) })?;
+    let slot = Arc::new(Mutex::new(None::<Arc<Bridge>>));
+    // One reference to the slot, leaked for napi: `settle_queued` borrows it as the function's
+    // context, `drop_context` (its finalizer) releases it.
+    let context = Arc::into_raw(Arc::clone(&slot)) as *mut c_void;
+    let mut tsfn = ptr::null_mut();
+    // SAFETY: `env` as above; `name` was just created in it. `context` stays valid until
+    // `drop_context` releases it, and napi calls `settle_queued` only before that finalizer,
+    // which is what both callbacks' contracts ask.
+    let status = unsafe {
+        sys::napi_create_threadsafe_function(
             env,
             ptr::null_mut(),
             ptr::null_mut(),
@@ -88,33 +91,38 @@ fn bridge_for(env: sys::napi_env) -> JsResult<Arc<Bridge>> {
             context,
             Some(settle_queued),
             &mut tsfn,
-        );
-        if status != sys::Status::napi_ok {
-            drop(Arc::from_raw(context as *const Mutex<Option<Arc<Bridge>>>));
-            return Err(internal(format!("napi call failed with status {status}")));
-        }
-        // Idle, it must not keep the process alive; `submit` refs it while calls are in flight.
-        check(sys::napi_unref_threadsafe_function(env, tsfn))?;
-        let bridge = Arc::new(Bridge {
-            tsfn: tsfn as usize,
-            queue: Mutex::new(Queue::default()),
-            in_flight: AtomicUsize::new(0),
-        });
-        *slot.lock() = Some(Arc::clone(&bridge));
-        BRIDGES
-            .lock()
-            .get_or_insert_with(HashMap::new)
-            .insert(env as usize, Arc::clone(&bridge));
-        check(sys::napi_add_env_cleanup_hook(
-            env,
-            Some(forget_env),
-            env as *mut c_void,
-        ))?;
-        Ok(bridge)
+        )
+    };
+    if status != sys::Status::napi_ok {
+        // SAFETY: no threadsafe function was made, so napi never calls `drop_context` with
+        // `context` (Node deletes a half-made one without finalizing it): this is the only
+        // release of the reference leaked above.
+        drop(unsafe { Arc::from_raw(context as *const Mutex<Option<Arc<Bridge>>>) });
+        return Err(internal(format!("napi call failed with status {status}")));
     }
+    // Idle, it must not keep the process alive; `submit` refs it while calls are in flight.
+    // SAFETY: `tsfn` was just made in `env`, on this thread, and is not finalized before the
+    // environment's teardown.
+    check(unsafe { sys::napi_unref_threadsafe_function(env, tsfn) })?;
+    let bridge = Arc::new(Bridge {
+        tsfn: tsfn as usize,
+        queue: Mutex::new(Queue::default()),
+        in_flight: AtomicUsize::new(0),
+    });
+    *slot.lock() = Some(Arc::clone(&bridge));
+    BRIDGES
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(env as usize, Arc::clone(&bridge));
+    // SAFETY: `env` as above. The (hook, env) pair is added once per environment (napi aborts
+    // on a duplicate): only when `env` had no bridge, and `forget_env` forgets it only at the
+    // environment's teardown.
+    check(unsafe { sys::napi_add_env_cleanup_hook(env, Some(forget_env), env as *mut c_void) })?;
+    Ok(bridge)
 }
 
-unsafe extern "C" fn forget_env(env: *mut c_void) {
+/// The environment's cleanup hook. Safe: it uses its argument only as a map key.
+extern "C" fn forget_env(env: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
         if let Some(m) = BRIDGES.lock().as_mut() {
@@ -123,11 +131,19 @@ unsafe extern "C" fn forget_env(env: *mut c_void) {
     });
 }
 
+/// The threadsafe function's finalizer (at the environment's teardown): releases its context
+/// and closes the bridge's queue.
+///
+/// # Safety
+/// Only for napi, as the finalizer of a threadsafe function made in [`bridge_for`]: `data` is
+/// the reference to the slot that `bridge_for` leaked for it, and napi calls this once, after
+/// its last call of [`settle_queued`].
 unsafe extern "C" fn drop_context(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
-        // SAFETY: `data` is the Arc leaked in `bridge_for`, released exactly once, here.
-        let slot = Arc::from_raw(data as *const Mutex<Option<Arc<Bridge>>>);
+        // SAFETY: `data` is the reference `bridge_for` leaked with `Arc::into_raw` for this one
+        // finalizer call (the contract above): this is its only release.
+        let slot = unsafe { Arc::from_raw(data as *const Mutex<Option<Arc<Bridge>>>) };
         let taken = slot.lock().take();
         if let Some(bridge) = taken {
             // Taking the queue's lock waits for a runtime thread that is calling the threadsafe
@@ -149,7 +165,9 @@ where
     let tsfn = bridge.tsfn as sys::napi_threadsafe_function;
     let mut deferred = ptr::null_mut();
     let mut promise = ptr::null_mut();
-    // SAFETY: plain napi calls on the live environment of this call, on its own thread.
+    // SAFETY: `raw` is the environment of the JS call running on this thread (`env`); `tsfn` is
+    // its bridge's function (BRIDGES is keyed by environment), finalized only at the
+    // environment's teardown, which cannot happen during this call. Local out-pointers.
     unsafe {
         check(sys::napi_create_promise(raw, &mut deferred, &mut promise))?;
         if bridge.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -172,8 +190,9 @@ where
         }
         queue.done.push(Done { deferred, settle });
         if queue.done.len() == 1 {
-            // SAFETY: the threadsafe function is not finalized: `closed` is false and
-            // finalization waits for this lock.
+            // SAFETY: `closed` is false under the queue's lock, so `drop_context` has not run for
+            // this function, and cannot finish (it takes this lock) before this call returns:
+            // the function is alive. napi allows calling it from any thread.
             unsafe {
                 sys::napi_call_threadsafe_function(
                     bridge.tsfn as sys::napi_threadsafe_function,
@@ -186,6 +205,14 @@ where
     Ok(RawValue::from_raw(promise))
 }
 
+/// The threadsafe function's `call_js` callback: settles every queued promise, on the
+/// environment's thread.
+///
+/// # Safety
+/// Only for napi, as the `call_js` callback of a threadsafe function made in [`bridge_for`]:
+/// `env` is that function's environment (or null at teardown) and this its thread, inside the
+/// handle scope napi opens for the call; `context` is the slot leaked there (or null), which
+/// napi keeps valid by calling [`drop_context`] only after the last call of this.
 unsafe extern "C" fn settle_queued(
     env: sys::napi_env,
     _js_callback: sys::napi_value,
@@ -196,8 +223,10 @@ unsafe extern "C" fn settle_queued(
         // The environment is being torn down: nothing can be settled any more.
         return;
     }
-    // SAFETY: `context` is the slot leaked in `bridge_for`, alive until `drop_context`.
-    let slot = &*(context as *const Mutex<Option<Arc<Bridge>>>);
+    // SAFETY: `context` is the slot `bridge_for` leaked for this function, released only by
+    // `drop_context` after napi's last call of this one (the contract above): it outlives this
+    // borrow, and is only ever shared (`Mutex`).
+    let slot = unsafe { &*(context as *const Mutex<Option<Arc<Bridge>>>) };
     let Some(bridge) = slot.lock().clone() else {
         return;
     };
@@ -211,17 +240,26 @@ unsafe extern "C" fn settle_queued(
             panic::inject(Place::Settle);
             settle(&env_ref)
         });
+        // Each `deferred` was made by `submit` in this environment (every environment has its
+        // own bridge and queue) and leaves the queue once, here: it is settled exactly once.
         match value.unwrap_or_else(|| Err(contained())) {
             Ok(v) => {
-                sys::napi_resolve_deferred(env, deferred, v.raw());
+                // SAFETY: `env` is live on this thread (the contract above); `deferred` as said
+                // above; `v` was made by `settle` in `env` during this callback.
+                unsafe { sys::napi_resolve_deferred(env, deferred, v.raw()) };
             }
             Err(e) => {
                 let err = js_entry::error_object(&env_ref, e.status.as_ref(), &e.reason);
-                sys::napi_reject_deferred(env, deferred, err);
+                // SAFETY: as above; `err` was just created in `env`.
+                unsafe { sys::napi_reject_deferred(env, deferred, err) };
             }
         }
     }
     if settled > 0 && bridge.in_flight.fetch_sub(settled, Ordering::Relaxed) == settled {
-        sys::napi_unref_threadsafe_function(env, bridge.tsfn as sys::napi_threadsafe_function);
+        // SAFETY: `bridge.tsfn` is the function napi is calling us for, made in `env`, on this
+        // thread; it is not finalized while it runs its callback.
+        unsafe {
+            sys::napi_unref_threadsafe_function(env, bridge.tsfn as sys::napi_threadsafe_function)
+        };
     }
 }

@@ -126,20 +126,29 @@ extern "C" {
 /// Now, in ms of libuv's monotonic clock (not the loop's cached time, which lags behind by the
 /// length of the current JS task: deadlines count from when a request is really sent).
 fn now_ms() -> u64 {
-    // SAFETY: a pure libuv function.
+    // SAFETY: uv_hrtime takes no arguments and has no preconditions (it reads the monotonic
+    // clock); the Node binary this addon is loaded into exports it.
     (unsafe { uv_hrtime() }) / 1_000_000
 }
 
 /// A libuv handle's memory (`malloc`ed: freed by [`free_handle`] once libuv closed it).
 fn alloc_handle(kind: c_int) -> *mut UvHandle {
-    // SAFETY: uv_handle_size is a pure function of the handle type.
+    // SAFETY: uv_handle_size only looks up the size of a handle type, and `kind` is one of our
+    // constants (UV_POLL, UV_TIMER), values of libuv's stable `uv_handle_type`.
     let size = unsafe { uv_handle_size(kind) };
-    // SAFETY: plain allocation; zeroed so `data` (the first field) starts null.
+    // SAFETY: calloc has no preconditions; a null result (out of memory) is checked by the
+    // caller (`attach`). Zeroed, so `data` (the first field) starts null.
     unsafe { libc::calloc(1, size) }
 }
 
+/// The close callback of our handles: frees their memory.
+///
+/// # Safety
+/// Only for libuv, as the `uv_close` callback of a handle from [`alloc_handle`]: `handle` was
+/// `calloc`ed there, and libuv calls this once, after which it never touches the handle again.
 unsafe extern "C" fn free_handle(handle: *mut UvHandle) {
-    // SAFETY: `handle` came from alloc_handle and libuv is done with it (close callback).
+    // SAFETY: `handle` came from `alloc_handle`'s calloc and libuv is done with it (the contract
+    // above): freed once, with the allocator that made it.
     unsafe { libc::free(handle) };
 }
 
@@ -191,6 +200,10 @@ enum Link {
     Up(Box<Conn>),
 }
 
+/// One direct connection. Handle invariant (the `SAFETY` notes rely on it): `poll` and `timer`
+/// are initialised handles of this thread's loop from [`State::attach`] until
+/// [`Conn::close_handles`], which is only called on a `Conn` about to be dropped; a `Conn` lives
+/// in this thread's [`STATE`], so it is only touched on the loop's own thread.
 struct Conn {
     stream: TcpStream,
     poll: *mut UvHandle,
@@ -417,14 +430,18 @@ pub fn try_set(
             Err(e) => {
                 // Invalid metadata: rejected, like the runtime path.
                 let err = error_value(&Env::from_raw(raw), &e);
-                // SAFETY: a deferred of this environment, settled once.
+                // SAFETY: `raw` is the environment of the JS call running on this thread (what
+                // `with_conn` passes); `deferred` was made in it just above and is settled only
+                // here (this path returns `Joined`, so it is never tracked); `err` was just
+                // created in it.
                 unsafe { sys::napi_reject_deferred(raw, deferred, err) };
                 return Ok(Some(Made::Joined(promise)));
             }
         };
         // Nothing to write (not stored, too large) or nothing can be: settled now.
         let value = crate::set_report_value(&Env::from_raw(raw), g, report)?;
-        // SAFETY: a deferred of this environment, settled once.
+        // SAFETY: as for the rejection above: this call's environment, a deferred made just
+        // above and settled only here, and a value just created in the environment.
         unsafe { sys::napi_resolve_deferred(raw, deferred, value.raw()) };
         Ok(Some(Made::Joined(promise)))
     })?;
@@ -443,10 +460,13 @@ enum Made {
     Joined(RawValue),
 }
 
+/// A new promise and its deferred, in `env`: the environment of the JS call running on this
+/// thread (the `make` closures of [`with_conn`], its only callers, pass the `raw` it gives them).
 fn promise(env: sys::napi_env) -> JsResult<(sys::napi_deferred, RawValue)> {
     let mut deferred = ptr::null_mut();
     let mut promise = ptr::null_mut();
-    // SAFETY: plain napi call on this call's live environment, on its thread.
+    // SAFETY: `env` is the environment of the JS call running on this thread (see above);
+    // local out-pointers.
     check(unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) })?;
     Ok((deferred, RawValue::from_raw(promise)))
 }
@@ -522,7 +542,12 @@ impl State {
         let mut name = ptr::null_mut();
         let mut async_ctx = ptr::null_mut();
         let mut resource_ref = ptr::null_mut();
-        // SAFETY: plain napi calls on the live environment of the current call, on its thread.
+        // SAFETY: `env` is the environment of the JS call running on this thread (`with_conn`,
+        // the only caller, passes its `env.raw()`); each value used is created in it just
+        // before; the name is a NUL-terminated literal of 20 bytes; local out-pointers. The
+        // (hook, null) pair is added once per environment (napi aborts on a duplicate): the hook
+        // is the last step, a `State` is made only when this thread (one environment per thread)
+        // has none, and only `teardown_env`, at the environment's teardown, takes it away.
         unsafe {
             check(sys::napi_get_uv_event_loop(env, &mut lp))?;
             check(sys::napi_create_object(env, &mut resource))?;
@@ -622,7 +647,8 @@ impl State {
         let poll = alloc_handle(UV_POLL);
         let timer = alloc_handle(UV_TIMER);
         if poll.is_null() || timer.is_null() {
-            // SAFETY: null or never handed to libuv.
+            // SAFETY: each is null (free(NULL) does nothing) or fresh calloc memory never handed
+            // to libuv: nothing else refers to it.
             unsafe {
                 libc::free(poll);
                 libc::free(timer);
@@ -631,8 +657,14 @@ impl State {
         }
         self.generation += 1;
         let tag = self.generation as usize as *mut c_void;
-        // SAFETY: fresh handle memory, this thread's loop, a socket we own and keep open while
-        // the handle is active; `data` (the first field of every handle) carries the generation.
+        // SAFETY: `poll` and `timer` are fresh, zeroed allocations of libuv's own size for their
+        // types (`alloc_handle`), so writing `data` (the first field of every `uv_handle_t`, a
+        // `void*`) is in bounds and aligned (calloc's alignment). `self.lp` is the loop of this
+        // thread's environment (`State::new`), and we are on that thread. The fd is `stream`'s,
+        // which the `Conn` keeps open until `close_handles` has stopped the poll; `on_poll` and
+        // `on_timer` accept these handles (their `data` is set). On failure, a handle that
+        // libuv did not initialise (uv_*_init registers it only on success) is freed directly;
+        // one it did is closed, and freed by `free_handle` once libuv lets go of it.
         unsafe {
             *(poll as *mut *mut c_void) = tag;
             *(timer as *mut *mut c_void) = tag;
@@ -641,10 +673,14 @@ impl State {
                 libc::free(timer);
                 return None;
             }
-            if uv_timer_init(self.lp, timer) != 0 || uv_poll_start(poll, UV_READABLE, on_poll) != 0
-            {
+            if uv_timer_init(self.lp, timer) != 0 {
                 uv_close(poll, Some(free_handle));
                 libc::free(timer);
+                return None;
+            }
+            if uv_poll_start(poll, UV_READABLE, on_poll) != 0 {
+                uv_close(poll, Some(free_handle));
+                uv_close(timer, Some(free_handle));
                 return None;
             }
             // Idle, the connection must not keep the process alive.
@@ -794,12 +830,14 @@ impl Conn {
 
     fn after_enqueue(&mut self, timeout: u64) {
         if !self.referenced {
-            // SAFETY: a live handle of this thread's loop.
+            // SAFETY: `self.poll` is initialised and not closed, and this is its loop's thread
+            // (the handle invariant on `Conn`).
             unsafe { uv_ref(self.poll) };
             self.referenced = true;
         }
         if !self.timer_armed {
-            // SAFETY: as above.
+            // SAFETY: `self.timer` likewise (the handle invariant on `Conn`); `on_timer` accepts
+            // it (`attach` set its `data`).
             unsafe { uv_timer_start(self.timer, on_timer, timeout, 0) };
             self.timer_armed = true;
         }
@@ -807,7 +845,8 @@ impl Conn {
 
     fn after_settle(&mut self) {
         if self.pending.is_empty() && self.referenced {
-            // SAFETY: a live handle of this thread's loop.
+            // SAFETY: `self.poll` is initialised and not closed, and this is its loop's thread
+            // (the handle invariant on `Conn`).
             unsafe { uv_unref(self.poll) };
             self.referenced = false;
         }
@@ -824,7 +863,8 @@ impl Conn {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if !self.want_writable {
                         self.want_writable = true;
-                        // SAFETY: a live handle of this thread's loop.
+                        // SAFETY: `self.poll` is initialised and not closed, and this is its
+                        // loop's thread (the handle invariant on `Conn`); `on_poll` accepts it.
                         unsafe { uv_poll_start(self.poll, UV_READABLE | UV_WRITABLE, on_poll) };
                     }
                     return Ok(());
@@ -841,7 +881,7 @@ impl Conn {
         self.written = 0;
         if self.want_writable {
             self.want_writable = false;
-            // SAFETY: as above.
+            // SAFETY: as above (the handle invariant on `Conn`; `on_poll` accepts the handle).
             unsafe { uv_poll_start(self.poll, UV_READABLE, on_poll) };
         }
         Ok(())
@@ -854,11 +894,16 @@ impl Conn {
         loop {
             let spare = self.reader.spare();
             let want = spare.len();
-            // SAFETY: `spare` is writable memory of `want` bytes owned by the reader.
+            // SAFETY: `spare` is `want` bytes of writable memory that the reader lends us
+            // exclusively (`&mut`) until `advance`, and read(2) writes at most `want` bytes
+            // (uninitialised memory is fine for it to write). `fd` is `self.stream`'s, open as
+            // long as `self` is.
             let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), want) };
             if n > 0 {
                 let n = n as usize;
-                // SAFETY: read(2) initialised `n` bytes of `spare`.
+                // SAFETY: read(2) returned `n` > 0: it initialised the first `n` bytes of the
+                // slice `spare` returned just before, with no other use of the reader in
+                // between, which is `advance`'s contract.
                 unsafe { self.reader.advance(n) };
                 loop {
                     match self.reader.next_reply() {
@@ -890,9 +935,13 @@ impl Conn {
         }
     }
 
+    /// Stops and closes both handles (libuv frees them later, through `free_handle`). Only for a
+    /// `Conn` about to be dropped (the handle invariant).
     fn close_handles(&self) {
-        // SAFETY: live handles of this thread's loop; stopped before the socket closes (when
-        // `self.stream` drops, after this), and freed by libuv's close callback.
+        // SAFETY: both handles are initialised and not closed yet, and this is their loop's
+        // thread (the handle invariant on `Conn`: this is the one call that ends it, on a `Conn`
+        // that is dropped right after). They are stopped before the socket closes (when
+        // `self.stream` drops, after this), and `free_handle` frees each once libuv is done.
         unsafe {
             uv_poll_stop(self.poll);
             uv_timer_stop(self.timer);
@@ -903,13 +952,25 @@ impl Conn {
 }
 
 /// The generation a handle belongs to.
+///
+/// # Safety
+/// `handle` must be a handle from [`alloc_handle`] whose `data` [`State::attach`] set, not yet
+/// freed (its close callback has not run).
 unsafe fn generation_of(handle: *mut UvHandle) -> u64 {
-    // SAFETY: `data`, the first field, set in `attach`.
+    // SAFETY: `handle` is live memory of a handle (the contract above), whose first field,
+    // `data` (a `void*` in every `uv_handle_t`), `attach` set to the generation.
     unsafe { *(handle as *mut *mut c_void) as usize as u64 }
 }
 
+/// libuv's poll callback: the socket is readable (or writable, when we asked).
+///
+/// # Safety
+/// Only for libuv, as the callback of a poll handle started in [`State::attach`] or
+/// [`Conn::write_out`]: `handle` is that handle, active, so not closed nor freed, and this is
+/// its loop's thread.
 unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int) {
-    // SAFETY: called by libuv with a handle of ours.
+    // SAFETY: libuv passes one of our poll handles, still active (the contract above): from
+    // `alloc_handle`, `data` set by `attach`, not freed, which is what `generation_of` needs.
     let generation = unsafe { generation_of(handle) };
     dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
@@ -929,8 +990,14 @@ unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int
     });
 }
 
+/// libuv's timer callback: the deadline of the oldest request in flight may have passed.
+///
+/// # Safety
+/// Only for libuv, as the callback of a timer handle started in [`Conn::after_enqueue`] or
+/// below: `handle` is that handle, not closed nor freed, and this is its loop's thread.
 unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
-    // SAFETY: called by libuv with a handle of ours.
+    // SAFETY: libuv passes one of our timer handles, not closed (the contract above): from
+    // `alloc_handle`, `data` set by `attach`, not freed, which is what `generation_of` needs.
     let generation = unsafe { generation_of(handle) };
     dispatch(generation, |state| {
         let Link::Up(conn) = &mut state.link else {
@@ -955,7 +1022,8 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
                 state.ready.extend(failed);
             }
             Some(deadline) => {
-                // SAFETY: a live handle of this thread's loop.
+                // SAFETY: `conn.timer` is initialised and not closed, and this is its loop's
+                // thread (the handle invariant on `Conn`); `on_timer` accepts it.
                 unsafe {
                     uv_timer_start(conn.timer, on_timer, deadline.saturating_sub(now).max(1), 0)
                 };
@@ -1052,104 +1120,120 @@ fn settle(
             None => return,
         };
     let env_ref = Env::from_raw(env);
-    // SAFETY: called from a libuv callback on the environment's own thread, outside any JS
-    // call; the scopes make napi calls legal here and run microtasks when the outer one closes.
-    unsafe {
-        let mut handle_scope = ptr::null_mut();
+    // Every deferred settled below was made by `promise` in `env` and is carried by exactly one
+    // `What` (or `to_runtime` entry), which this function consumes: each is settled once.
+    let mut handle_scope = ptr::null_mut();
+    let mut resource = ptr::null_mut();
+    let mut scope = ptr::null_mut();
+    // SAFETY: `env` is this thread's environment (the `State`'s, or that of the JS call
+    // `with_conn` runs in, which `with_conn` checked is the same), and we are on its thread:
+    // in a libuv callback (`from_loop`, outside any JS call) or a JS call. The handle scope
+    // makes creating values legal from a libuv callback. `resource_ref` is the `State`'s strong
+    // reference to its resource object, never deleted (it dies with the environment), and
+    // `async_ctx` its `napi_async_init` context; the callback scope runs the microtasks when it
+    // closes. Local out-pointers.
+    let scoped = unsafe {
         if sys::napi_open_handle_scope(env, &mut handle_scope) != sys::Status::napi_ok {
             return;
         }
-        let mut resource = ptr::null_mut();
-        let mut scope = ptr::null_mut();
-        let scoped = from_loop
+        from_loop
             && sys::napi_get_reference_value(env, resource_ref, &mut resource)
                 == sys::Status::napi_ok
             && sys::napi_open_callback_scope(env, resource, async_ctx, &mut scope)
-                == sys::Status::napi_ok;
-        js_entry::release_pending(&env_ref);
-        for Done {
-            pending,
-            outcome,
-            gate,
-        } in done
-        {
-            let Pending { what, permit, .. } = pending;
-            // Redis answered, whatever it said; no answer trips the breaker; a collateral
-            // failure says nothing about Redis (the permit is released unreported).
-            let reply = match outcome {
-                Ok(reply) => {
-                    if let Some(p) = permit {
-                        p.success();
-                    }
-                    Ok(reply)
+                == sys::Status::napi_ok
+    };
+    js_entry::release_pending(&env_ref);
+    for Done {
+        pending,
+        outcome,
+        gate,
+    } in done
+    {
+        let Pending { what, permit, .. } = pending;
+        // Redis answered, whatever it said; no answer trips the breaker; a collateral
+        // failure says nothing about Redis (the permit is released unreported).
+        let reply = match outcome {
+            Ok(reply) => {
+                if let Some(p) = permit {
+                    p.success();
                 }
-                Err(why) => {
-                    if let Some(p) = permit {
-                        if why == Failure::Collateral {
-                            drop(p);
-                        } else {
-                            p.failure();
-                        }
+                Ok(reply)
+            }
+            Err(why) => {
+                if let Some(p) = permit {
+                    if why == Failure::Collateral {
+                        drop(p);
+                    } else {
+                        p.failure();
                     }
-                    Err(match why {
-                        Failure::Timeout => strata_core::Error::Timeout {
-                            op: match what {
-                                What::Get { .. } => "get_entry",
-                                What::Refresh { .. } => "refresh",
-                                What::Set { .. } => "set_entry",
-                            },
-                            ms: g.cache.l2().map_or(0, |l2| {
-                                u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
-                            }),
+                }
+                Err(match why {
+                    Failure::Timeout => strata_core::Error::Timeout {
+                        op: match what {
+                            What::Get { .. } => "get_entry",
+                            What::Refresh { .. } => "refresh",
+                            What::Set { .. } => "set_entry",
                         },
-                        Failure::Broken => {
-                            strata_core::Error::Unavailable("connection lost".into())
-                        }
-                        Failure::Collateral => strata_core::Error::Unavailable(
-                            "connection dropped after another request timed out".into(),
-                        ),
-                    })
-                }
-            };
-            match what {
-                What::Get {
-                    deferred,
-                    key,
-                    soft_tags,
-                } => settle_get(&env_ref, g, deferred, &key, &soft_tags, reply),
-                What::Refresh { deferreds, covered } => {
-                    settle_refresh(&env_ref, g, deferreds, covered, reply)
-                }
-                What::Set { deferred, l1 } => {
-                    DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
-                    let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
-                    let value = crate::panic::contain(|| {
-                        crate::panic::inject(crate::panic::Place::Settle);
-                        let report = g.cache.finish_set(l1, written);
-                        crate::set_report_value(&env_ref, g, report)
-                    });
-                    match value {
-                        Some(v) => {
-                            let v = v.map_or_else(|_| undefined(&env_ref), |v| v.raw());
-                            sys::napi_resolve_deferred(env, deferred, v);
-                        }
-                        None => {
-                            let err = error_value(&env_ref, &contained_error());
-                            sys::napi_reject_deferred(env, deferred, err);
-                        }
+                        ms: g.cache.l2().map_or(0, |l2| {
+                            u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
+                        }),
+                    },
+                    Failure::Broken => strata_core::Error::Unavailable("connection lost".into()),
+                    Failure::Collateral => strata_core::Error::Unavailable(
+                        "connection dropped after another request timed out".into(),
+                    ),
+                })
+            }
+        };
+        match what {
+            What::Get {
+                deferred,
+                key,
+                soft_tags,
+            } => settle_get(&env_ref, g, deferred, &key, &soft_tags, reply),
+            What::Refresh { deferreds, covered } => {
+                settle_refresh(&env_ref, g, deferreds, covered, reply)
+            }
+            What::Set { deferred, l1 } => {
+                DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
+                let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
+                let value = crate::panic::contain(|| {
+                    crate::panic::inject(crate::panic::Place::Settle);
+                    let report = g.cache.finish_set(l1, written);
+                    crate::set_report_value(&env_ref, g, report)
+                });
+                match value {
+                    Some(v) => {
+                        let v = v.map_or_else(|_| undefined(&env_ref), |v| v.raw());
+                        // SAFETY: `env` as above, inside the handle scope opened above;
+                        // `deferred` is this `What::Set`'s, made in `env`, settled once;
+                        // `v` was just created in `env`.
+                        unsafe { sys::napi_resolve_deferred(env, deferred, v) };
+                    }
+                    None => {
+                        let err = error_value(&env_ref, &contained_error());
+                        // SAFETY: as just above; `err` was just created in `env`.
+                        unsafe { sys::napi_reject_deferred(env, deferred, err) };
                     }
                 }
             }
-            // The refresh is applied: other refreshes may run.
-            drop(gate);
         }
-        if !to_runtime.is_empty() {
-            let value = crate::refresh_on_runtime(&env_ref, g)
-                .map_or_else(|_| undefined(&env_ref), |p| p.raw());
-            for deferred in to_runtime {
-                sys::napi_resolve_deferred(env, deferred, value);
-            }
+        // The refresh is applied: other refreshes may run.
+        drop(gate);
+    }
+    if !to_runtime.is_empty() {
+        let value = crate::refresh_on_runtime(&env_ref, g)
+            .map_or_else(|_| undefined(&env_ref), |p| p.raw());
+        for deferred in to_runtime {
+            // SAFETY: `env` as above, inside the handle scope opened above; each deferred
+            // was made by `promise` in `env` and moved into `to_runtime` once (out of a
+            // `Conn`'s `waiting`), settled only here; `value` was just created in `env`.
+            unsafe { sys::napi_resolve_deferred(env, deferred, value) };
         }
+    }
+    // SAFETY: `scope` and `handle_scope` were opened above in `env`, on this thread, and are
+    // closed once, innermost first.
+    unsafe {
         if scoped {
             sys::napi_close_callback_scope(env, scope);
         }
@@ -1183,7 +1267,9 @@ fn settle_get(
         // Could not build the value (out of memory in V8?), or a contained panic: a miss.
         Some(Err(_)) | None => null(env),
     };
-    // SAFETY: a deferred of this environment, settled exactly once.
+    // SAFETY: `env` is this thread's environment, in `settle`'s handle scope; `deferred` was made
+    // in it by `promise` and carried by exactly one `What::Get`, consumed by `settle`: settled
+    // once; `value` was just created in `env`.
     unsafe { sys::napi_resolve_deferred(env.raw(), deferred, value) };
 }
 
@@ -1207,7 +1293,9 @@ fn settle_refresh(
         judged.unwrap_or_else(|| (Ok(error_value(env, &contained_error())), true));
     let value = value.unwrap_or_else(|_| undefined(env));
     for deferred in deferreds {
-        // SAFETY: deferreds of this environment, each settled exactly once.
+        // SAFETY: `env` is this thread's environment, in `settle`'s handle scope; each deferred
+        // was made in it by `promise` and is in exactly one `What::Refresh`, consumed by
+        // `settle`: settled once; `value` was created in `env` during this callback.
         unsafe {
             if reject {
                 sys::napi_reject_deferred(env.raw(), deferred, value);
@@ -1257,14 +1345,15 @@ fn contained_error() -> strata_core::Error {
 
 fn null(env: &Env) -> sys::napi_value {
     let mut v = ptr::null_mut();
-    // SAFETY: plain napi call on the live environment.
+    // SAFETY: `env` is the environment whose JS call or libuv callback is running on this
+    // thread (every `&Env` here is); a local out-pointer.
     unsafe { sys::napi_get_null(env.raw(), &mut v) };
     v
 }
 
 fn undefined(env: &Env) -> sys::napi_value {
     let mut v = ptr::null_mut();
-    // SAFETY: plain napi call on the live environment.
+    // SAFETY: as in `null`.
     unsafe { sys::napi_get_undefined(env.raw(), &mut v) };
     v
 }
@@ -1276,7 +1365,9 @@ fn error_value(env: &Env, e: &strata_core::Error) -> sys::napi_value {
 
 /// Environment teardown: closes the connection; reads in flight are abandoned (their promises
 /// belong to the dying environment).
-unsafe extern "C" fn teardown_env(_arg: *mut c_void) {
+///
+/// Safe: it never reads its argument (a cleanup hook, called by Node on this thread).
+extern "C" fn teardown_env(_arg: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
         let state = STATE.with(|cell| cell.borrow_mut().take());

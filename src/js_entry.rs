@@ -14,6 +14,12 @@
 //! napi references belong to one environment (the main thread's, or a worker's). The first
 //! environment that reads an entry owns the shared objects; any other environment (a worker
 //! thread loading the addon too) gets a copy per hit instead, which is always safe.
+//!
+//! What the `SAFETY` notes here rest on: every `&Env` handed to a function of this module is the
+//! environment of the JS call or callback running on this thread right now (napi-rs makes one
+//! per `#[napi]` call; `bridge.rs` and `event_loop.rs` make one for the environment whose
+//! callback is running), inside that call's handle scope; every [`RawValue`] was created in
+//! that environment during that scope. Out-pointers handed to napi are always locals.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -34,7 +40,8 @@ use crate::{internal, JsResult};
 pub struct RawValue(sys::napi_value);
 
 impl RawValue {
-    /// Wraps a value created in the current call's environment.
+    /// Wraps a value created in the current call's environment (callers guarantee it: the
+    /// module's `SAFETY` notes rely on it).
     pub fn from_raw(value: sys::napi_value) -> Self {
         Self(value)
     }
@@ -54,6 +61,10 @@ impl TypeName for RawValue {
 }
 
 impl ToNapiValue for RawValue {
+    /// # Safety
+    /// napi-rs' contract: `env` is the environment of the call returning `val`. Nothing is
+    /// dereferenced here; `val` was created in that environment during the call (the contract
+    /// of [`RawValue::from_raw`]), so handing it back to napi is valid.
     unsafe fn to_napi_value(_env: sys::napi_env, val: Self) -> Result<sys::napi_value> {
         Ok(val.0)
     }
@@ -73,21 +84,37 @@ impl TypeName for Chunks {
 }
 
 impl FromNapiValue for Chunks {
+    /// # Safety
+    /// napi-rs' contract for arguments: `env` is the environment of the JS call running on this
+    /// thread and `value` one of that call's arguments, alive in its handle scope (the glue that
+    /// `#[napi]` generates passes exactly that).
     unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
-        let mut is_array = false;
-        check(sys::napi_is_array(env, value, &mut is_array))?;
         let mut views: Vec<(*const u8, usize)> = Vec::new();
-        if is_array {
-            let mut len = 0u32;
-            check(sys::napi_get_array_length(env, value, &mut len))?;
-            views.reserve(len as usize);
-            for i in 0..len {
-                let mut el = ptr::null_mut();
-                check(sys::napi_get_element(env, value, i, &mut el))?;
-                views.push(uint8_view(env, el)?);
+        // SAFETY: `env` and `value` are live for this call (the contract above); the elements
+        // read from `value` are values of the same environment, held by the call's handle scope,
+        // which is what `uint8_view` asks. Out-pointers are locals.
+        unsafe {
+            let mut is_array = false;
+            check(sys::napi_is_array(env, value, &mut is_array))?;
+            if is_array {
+                let mut len = 0u32;
+                check(sys::napi_get_array_length(env, value, &mut len))?;
+                // Every element first, their bytes after: reading an element may run JS (an
+                // accessor), which could detach or shrink the buffer of a chunk viewed before
+                // it. `uint8_view` and the copy below run no JS.
+                let mut elements = Vec::with_capacity(len as usize);
+                for i in 0..len {
+                    let mut el = ptr::null_mut();
+                    check(sys::napi_get_element(env, value, i, &mut el))?;
+                    elements.push(el);
+                }
+                views.reserve(elements.len());
+                for el in elements {
+                    views.push(uint8_view(env, el)?);
+                }
+            } else {
+                views.push(uint8_view(env, value)?);
             }
-        } else {
-            views.push(uint8_view(env, value)?);
         }
         let total = views
             .iter()
@@ -96,18 +123,30 @@ impl FromNapiValue for Chunks {
         let mut bytes = Vec::with_capacity(total);
         for (data, len) in views {
             if len > 0 && !data.is_null() {
-                // SAFETY: napi_get_typedarray_info returned a pointer to `len` live bytes owned
-                // by a JS object that stays alive for this synchronous call.
-                bytes.extend_from_slice(std::slice::from_raw_parts(data, len));
+                // SAFETY: `uint8_view` took (data, len) from napi_get_typedarray_info: `len`
+                // bytes of a Uint8Array's backing store, kept alive by this still-running call
+                // (the array is an argument, or an element of one, in its handle scope). No JS
+                // has run since (all elements were read first), so no buffer was detached,
+                // transferred or shrunk in between. (A view of a SharedArrayBuffer could be
+                // written by another thread meanwhile; the shim passes chunks read from a
+                // stream, never shared memory.)
+                bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(data, len) });
             }
         }
         Ok(Chunks(Bytes::from(bytes)))
     }
 }
 
+/// Where the bytes of the `Uint8Array` `value` are, and how many (`InvalidArg` for anything else).
+///
+/// # Safety
+/// `env` must be the environment of the call running on this thread and `value` a value of it,
+/// alive in the current handle scope. The pointer returned is good for `len` bytes only until JS
+/// runs again (which can detach, transfer or shrink the buffer) or the array is collected.
 unsafe fn uint8_view(env: sys::napi_env, value: sys::napi_value) -> Result<(*const u8, usize)> {
     let mut is_typed = false;
-    check(sys::napi_is_typedarray(env, value, &mut is_typed))?;
+    // SAFETY: `env` and `value` are live in this call (the contract above); a local out-pointer.
+    check(unsafe { sys::napi_is_typedarray(env, value, &mut is_typed) })?;
     if !is_typed {
         return Err(Error::new(
             Status::InvalidArg,
@@ -119,15 +158,18 @@ unsafe fn uint8_view(env: sys::napi_env, value: sys::napi_value) -> Result<(*con
     let mut data: *mut c_void = ptr::null_mut();
     let mut ab = ptr::null_mut();
     let mut offset = 0usize;
-    check(sys::napi_get_typedarray_info(
-        env,
-        value,
-        &mut kind,
-        &mut len,
-        &mut data,
-        &mut ab,
-        &mut offset,
-    ))?;
+    // SAFETY: as above, and `value` is a typed array (checked just before).
+    check(unsafe {
+        sys::napi_get_typedarray_info(
+            env,
+            value,
+            &mut kind,
+            &mut len,
+            &mut data,
+            &mut ab,
+            &mut offset,
+        )
+    })?;
     if kind != sys::TypedarrayType::uint8_array {
         return Err(Error::new(
             Status::InvalidArg,
@@ -181,7 +223,10 @@ pub fn is_owner(env: &Env) -> bool {
     let me = env.raw() as usize;
     match OWNER.compare_exchange(NO_OWNER, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
-            // SAFETY: `env` is the live environment of this call; the hook runs at its teardown.
+            // SAFETY: `env` is the environment of the call running on this thread (module note).
+            // `owner_gone` ignores its argument, and only the one call that wins the exchange
+            // from NO_OWNER gets here, so the (hook, arg) pair is added once (napi aborts on a
+            // duplicate). The hook runs at this environment's teardown.
             unsafe {
                 sys::napi_add_env_cleanup_hook(env.raw(), Some(owner_gone), ptr::null_mut());
             }
@@ -191,7 +236,8 @@ pub fn is_owner(env: &Env) -> bool {
     }
 }
 
-unsafe extern "C" fn owner_gone(_arg: *mut c_void) {
+/// The owner environment's cleanup hook. Safe: it never reads its argument.
+extern "C" fn owner_gone(_arg: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
         // The environment is being torn down: its references die with it. Forget them.
@@ -213,7 +259,10 @@ pub fn release_pending(env: &Env) {
     let Some(map) = views.as_mut() else { return };
     for id in removed {
         if let Some(r) = map.remove(&id) {
-            // SAFETY: `r` was created by napi_create_reference in this (owner) env.
+            // SAFETY: only `entry_object` puts references into VIEWS, each made by
+            // napi_create_reference in the owner environment, which is `env` (checked above,
+            // and `owner_gone` empties VIEWS before that environment dies). It was still in the
+            // map and every deletion removes it first (under this lock): deleted exactly once.
             unsafe {
                 sys::napi_delete_reference(env.raw(), r as sys::napi_ref);
             }
@@ -224,7 +273,8 @@ pub fn release_pending(env: &Env) {
 /// `null`.
 pub fn null(env: &Env) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
-    // SAFETY: plain napi call on the current env.
+    // SAFETY: `env` is the environment of the call running on this thread (module note); a
+    // local out-pointer.
     check_js(unsafe { sys::napi_get_null(env.raw(), &mut v) })?;
     Ok(RawValue(v))
 }
@@ -232,7 +282,8 @@ pub fn null(env: &Env) -> JsResult<RawValue> {
 /// A number (`n`).
 pub fn uint32(env: &Env, n: u32) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
-    // SAFETY: plain napi call on the live environment of the current call or callback.
+    // SAFETY: `env` is the environment of the call running on this thread (module note); a
+    // local out-pointer.
     check_js(unsafe { sys::napi_create_uint32(env.raw(), n, &mut v) })?;
     Ok(RawValue(v))
 }
@@ -240,7 +291,8 @@ pub fn uint32(env: &Env, n: u32) -> JsResult<RawValue> {
 /// `undefined`.
 pub fn undefined(env: &Env) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
-    // SAFETY: plain napi call on the current env.
+    // SAFETY: `env` is the environment of the call running on this thread (module note); a
+    // local out-pointer.
     check_js(unsafe { sys::napi_get_undefined(env.raw(), &mut v) })?;
     Ok(RawValue(v))
 }
@@ -248,7 +300,9 @@ pub fn undefined(env: &Env) -> JsResult<RawValue> {
 /// `[value]`.
 pub fn wrap_in_array(env: &Env, value: RawValue) -> JsResult<RawValue> {
     let mut arr = ptr::null_mut();
-    // SAFETY: plain napi calls on the current env with values created in it.
+    // SAFETY: `env` is the environment of the call running on this thread, and `value` was
+    // created in it during this call (module note, `RawValue`'s contract); `arr` is created in it
+    // just before its use.
     unsafe {
         check_js(sys::napi_create_array_with_length(env.raw(), 1, &mut arr))?;
         check_js(sys::napi_set_element(env.raw(), arr, 0, value.0))?;
@@ -266,7 +320,9 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
         let views = VIEWS.lock();
         if let Some(&r) = views.as_ref().and_then(|m| m.get(&entry.id)) {
             let mut v = ptr::null_mut();
-            // SAFETY: `r` is a strong reference (count 1) of this env: its value is alive.
+            // SAFETY: `r` is in VIEWS, so it was made by napi_create_reference (count 1, below)
+            // in the owner environment, which is `env` (`owner`), and is not deleted yet: every
+            // deletion first removes it from the map, and we hold the map's lock.
             check_js(unsafe {
                 sys::napi_get_reference_value(env.raw(), r as sys::napi_ref, &mut v)
             })?;
@@ -280,14 +336,13 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
         // read once (a key another instance rendered, then evicted unread), and keeping a JS
         // object alive for each cost more than the copy (bench/RESULTS.md, first reads). The
         // shared object is made if the entry is read again.
-        // SAFETY: all values are created in, and used within, this env during this call.
-        return Ok(RawValue(unsafe { build_object(env.raw(), entry, false)? }));
+        return Ok(RawValue(build_object(env, entry, false)?));
     }
-    // SAFETY: all values are created in, and used within, this env during this call.
-    let obj = unsafe { build_object(env.raw(), entry, owner)? };
+    let obj = build_object(env, entry, owner)?;
     if owner && entry.in_l1() {
         let mut r = ptr::null_mut();
-        // SAFETY: `obj` is a live object of this env.
+        // SAFETY: `env` is the environment of the call running on this thread (module note), and
+        // `obj` was just created in it by `build_object`, in this call's handle scope.
         check_js(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
         VIEWS
             .lock()
@@ -298,7 +353,9 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
         // later removal is guaranteed to find the reference.
         if !entry.in_l1() {
             if let Some(r) = VIEWS.lock().as_mut().and_then(|m| m.remove(&entry.id)) {
-                // SAFETY: `r` was just created in this (owner) env.
+                // SAFETY: the reference in the map under this id is the one made just above in
+                // `env` (ids are unique, and this env owns the map): nobody deleted it, since
+                // every deletion first removes it from the map, as done here.
                 unsafe {
                     sys::napi_delete_reference(env.raw(), r as sys::napi_ref);
                 }
@@ -314,7 +371,10 @@ pub fn error_object(env: &Env, code: &str, message: &str) -> sys::napi_value {
     let mut code_value = ptr::null_mut();
     let mut msg = ptr::null_mut();
     let mut err = ptr::null_mut();
-    // SAFETY: plain napi calls on the live environment of the current call or callback.
+    // SAFETY: `env` is the environment of the call or callback running on this thread (module
+    // note); `code` and `message` are `&str`s, valid UTF-8 of the lengths given, alive for the
+    // calls; the values passed to napi_create_error were created just before, in this env (or
+    // are null when that failed, which napi rejects with a status, not UB).
     unsafe {
         sys::napi_create_string_utf8(
             env.raw(),
@@ -333,48 +393,80 @@ pub fn error_object(env: &Env, code: &str, message: &str) -> sys::napi_value {
     err
 }
 
+/// The finalizer of a Buffer made by [`external_buffer`]: releases the bytes it viewed.
+///
+/// # Safety
+/// Only for napi, as that finalizer: `hint` is the `Box<Bytes>` that `external_buffer` leaked
+/// for it, and napi calls this once (when the Buffer is collected or its environment torn down).
 unsafe extern "C" fn drop_bytes(_env: sys::napi_env, _data: *mut c_void, hint: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
-        // SAFETY: `hint` is the Box<Bytes> leaked in `external_buffer`, finalized exactly once.
-        drop(Box::from_raw(hint as *mut Bytes));
+        // SAFETY: `hint` is the box `external_buffer` leaked for this one finalizer call (the
+        // contract above), so this is its only release.
+        drop(unsafe { Box::from_raw(hint as *mut Bytes) });
     });
 }
 
-unsafe fn external_buffer(env: sys::napi_env, bytes: &Bytes) -> JsResult<sys::napi_value> {
+/// A Buffer over `bytes` themselves (no copy), or a copy where the runtime has no external
+/// buffers. The bytes stay alive until V8 collects the Buffer. At most one such Buffer may be
+/// alive per allocation (V8 aborts the process otherwise, see the module note):
+/// [`entry_object`] makes one per entry.
+fn external_buffer(env: &Env, bytes: &Bytes) -> JsResult<sys::napi_value> {
     let mut out = ptr::null_mut();
     if bytes.is_empty() {
         let mut data = ptr::null_mut();
-        check_js(sys::napi_create_buffer(env, 0, &mut data, &mut out))?;
+        // SAFETY: `env` is the environment of the call running on this thread (module note);
+        // local out-pointers.
+        check_js(unsafe { sys::napi_create_buffer(env.raw(), 0, &mut data, &mut out) })?;
         return Ok(out);
     }
     let hold = Box::into_raw(Box::new(bytes.clone()));
-    let status = sys::napi_create_external_buffer(
-        env,
-        bytes.len(),
-        bytes.as_ptr() as *mut c_void,
-        Some(drop_bytes),
-        hold as *mut c_void,
-        &mut out,
-    );
+    // SAFETY: `env` as above. The Buffer views `bytes.len()` bytes at `bytes.as_ptr()`, owned by
+    // the `Bytes` clone boxed in `hold`, which only `drop_bytes` frees, once V8 is done with the
+    // Buffer: the memory outlives every view of it. `Bytes` is immutable, so nothing in Rust
+    // writes it (the `*mut` is only napi's signature; the shim's consumers only read it).
+    let status = unsafe {
+        sys::napi_create_external_buffer(
+            env.raw(),
+            bytes.len(),
+            bytes.as_ptr() as *mut c_void,
+            Some(drop_bytes),
+            hold as *mut c_void,
+            &mut out,
+        )
+    };
     if status == sys::Status::napi_ok {
         return Ok(out);
     }
-    // Runtimes without external buffers (e.g. a V8 sandbox) get a copy.
-    drop(Box::from_raw(hold));
+    if status != sys::Status::napi_generic_failure {
+        // SAFETY: napi refused before taking the finalizer (no external buffers in this runtime,
+        // e.g. a V8 sandbox; an invalid argument; a pending exception), so `drop_bytes` will
+        // never see `hold`: this is its only release.
+        drop(unsafe { Box::from_raw(hold) });
+    }
+    // On a generic failure Node has handed `hold` to the finalizer already (it runs it at once
+    // for a length above `buffer.constants.MAX_LENGTH`, or when the half-made ArrayBuffer is
+    // collected): releasing it here too would free it twice, so it is left to the finalizer.
+    // Either way, a copy.
     copied_buffer(env, bytes)
 }
 
-unsafe fn copied_buffer(env: sys::napi_env, bytes: &Bytes) -> JsResult<sys::napi_value> {
+/// A new Buffer holding a copy of `bytes`.
+fn copied_buffer(env: &Env, bytes: &Bytes) -> JsResult<sys::napi_value> {
     let mut out = ptr::null_mut();
     let mut data = ptr::null_mut();
-    check_js(sys::napi_create_buffer_copy(
-        env,
-        bytes.len(),
-        bytes.as_ptr() as *const c_void,
-        &mut data,
-        &mut out,
-    ))?;
+    // SAFETY: `env` is the environment of the call running on this thread (module note); napi
+    // copies `bytes.len()` readable bytes from `bytes.as_ptr()`, which `bytes` keeps alive and
+    // unchanged during the call; local out-pointers.
+    check_js(unsafe {
+        sys::napi_create_buffer_copy(
+            env.raw(),
+            bytes.len(),
+            bytes.as_ptr() as *const c_void,
+            &mut data,
+            &mut out,
+        )
+    })?;
     Ok(out)
 }
 
@@ -391,9 +483,14 @@ impl TypeName for JsFunction {
 }
 
 impl FromNapiValue for JsFunction {
+    /// # Safety
+    /// napi-rs' contract for arguments: `env` is the environment of the JS call running on this
+    /// thread and `value` one of that call's arguments, alive in its handle scope.
     unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> Result<Self> {
         let mut kind = 0;
-        check(sys::napi_typeof(env, value, &mut kind))?;
+        // SAFETY: `env` and `value` are live in this call (the contract above); a local
+        // out-pointer.
+        check(unsafe { sys::napi_typeof(env, value, &mut kind) })?;
         if kind != sys::ValueType::napi_function {
             return Err(Error::new(
                 Status::InvalidArg,
@@ -418,16 +515,19 @@ thread_local! {
 pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
     let raw = env.raw();
     let mut r = ptr::null_mut();
-    // SAFETY: `f` is a live function of this env, during this call.
+    // SAFETY: `raw` is the environment of the call running on this thread (module note), and
+    // `f` is an argument of this call (`JsFunction` is only made by `from_napi_value`).
     check_js(unsafe { sys::napi_create_reference(raw, f.0, 1, &mut r) })?;
     match FACTORY.with(|c| c.replace(Some((raw, r)))) {
         // Registered again in the same env: its hook is in place already.
-        // SAFETY: a reference this env created.
+        // SAFETY: `old` was made by napi_create_reference in `raw` (the slot pairs each
+        // reference with its env) and has just left the slot, its only holder: deleted once.
         Some((old_env, old)) if old_env == raw => unsafe {
             sys::napi_delete_reference(raw, old);
         },
-        // SAFETY: `raw` is this call's live env; the hook runs at its teardown, on this thread,
-        // and is registered once per env (its argument is the env).
+        // SAFETY: `raw` is this call's environment; the hook runs at its teardown, on this
+        // thread. It is added once per env (napi aborts on a duplicate (hook, arg) pair): the
+        // slot held no factory of `raw` before, and `factory_gone` clears it only at teardown.
         _ => unsafe {
             sys::napi_add_env_cleanup_hook(raw, Some(factory_gone), raw.cast());
         },
@@ -435,7 +535,8 @@ pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
     Ok(())
 }
 
-unsafe extern "C" fn factory_gone(env: *mut c_void) {
+/// The factory's cleanup hook. Safe: it only compares its argument with an address.
+extern "C" fn factory_gone(env: *mut c_void) {
     // Nothing may unwind into libuv/Node (see `panic.rs`).
     let _ = crate::panic::contain(|| {
         // The environment is being torn down, its references with it. (Forget the factory only if
@@ -449,57 +550,73 @@ unsafe extern "C" fn factory_gone(env: *mut c_void) {
 }
 
 /// Calls this thread's factory, if it has one for `env`; `None` if not (or if it failed).
+///
+/// # Safety
+/// `env` must be the environment of the call running on this thread, and every value in `args`
+/// created in it within the current handle scope.
 unsafe fn from_factory(env: sys::napi_env, args: &[sys::napi_value; 6]) -> Option<sys::napi_value> {
     let (fenv, r) = FACTORY.with(|c| c.get())?;
     if fenv != env {
         return None;
     }
     let mut f = ptr::null_mut();
-    if sys::napi_get_reference_value(env, r, &mut f) != sys::Status::napi_ok || f.is_null() {
-        return None;
-    }
     let mut recv = ptr::null_mut();
-    if sys::napi_get_undefined(env, &mut recv) != sys::Status::napi_ok {
+    // SAFETY: `env` is live (the contract above) and `r` is the reference in this thread's
+    // FACTORY slot, made in `fenv` == `env` by `set_factory`, which deletes a reference only
+    // after replacing it in the slot (and `factory_gone` clears the slot at teardown): live.
+    let found = unsafe {
+        sys::napi_get_reference_value(env, r, &mut f) == sys::Status::napi_ok
+            && !f.is_null()
+            && sys::napi_get_undefined(env, &mut recv) == sys::Status::napi_ok
+    };
+    if !found {
         return None;
     }
     let mut obj = ptr::null_mut();
-    if sys::napi_call_function(env, recv, f, args.len(), args.as_ptr(), &mut obj)
-        == sys::Status::napi_ok
-    {
+    // SAFETY: `f` and `recv` were just obtained in `env`; `args` are values of `env` in the
+    // current handle scope (the contract above), `args.len()` of them readable at `as_ptr()`.
+    let called =
+        unsafe { sys::napi_call_function(env, recv, f, args.len(), args.as_ptr(), &mut obj) };
+    if called == sys::Status::napi_ok {
         return Some(obj);
     }
     // It threw (it cannot, but never leave an exception pending): build the object here.
     let mut exception = ptr::null_mut();
-    sys::napi_get_and_clear_last_exception(env, &mut exception);
+    // SAFETY: `env` is live (the contract above); a local out-pointer.
+    unsafe { sys::napi_get_and_clear_last_exception(env, &mut exception) };
     None
 }
 
-unsafe fn build_object(
-    env: sys::napi_env,
-    entry: &Entry,
-    shared: bool,
-) -> JsResult<sys::napi_value> {
+/// A new JS object for `entry` (its value an external Buffer when `shared`, else a copy), made
+/// by the registered factory when there is one.
+fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_value> {
     let value = if shared {
         external_buffer(env, &entry.value)?
     } else {
         copied_buffer(env, &entry.value)?
     };
+    let env = env.raw();
     let tags = &entry.meta.tags;
     let mut arr = ptr::null_mut();
-    check_js(sys::napi_create_array_with_length(
-        env,
-        tags.len(),
-        &mut arr,
-    ))?;
-    for (i, t) in tags.iter().enumerate() {
-        let mut s = ptr::null_mut();
-        check_js(sys::napi_create_string_utf8(
+    // SAFETY: `env` is the environment of the call running on this thread (module note); `arr`
+    // and the strings are created in it just before their use, in this call's handle scope; the
+    // tags are `&str`s, valid UTF-8 of the lengths given; out-pointers are locals.
+    unsafe {
+        check_js(sys::napi_create_array_with_length(
             env,
-            t.as_ptr().cast(),
-            t.len() as isize,
-            &mut s,
+            tags.len(),
+            &mut arr,
         ))?;
-        check_js(sys::napi_set_element(env, arr, i as u32, s))?;
+        for (i, t) in tags.iter().enumerate() {
+            let mut s = ptr::null_mut();
+            check_js(sys::napi_create_string_utf8(
+                env,
+                t.as_ptr().cast(),
+                t.len() as isize,
+                &mut s,
+            ))?;
+            check_js(sys::napi_set_element(env, arr, i as u32, s))?;
+        }
     }
     let m = &entry.meta;
     let mut args = [
@@ -514,25 +631,32 @@ unsafe fn build_object(
         .iter_mut()
         .zip([m.stale, m.timestamp, m.expire, m.revalidate])
     {
-        check_js(sys::napi_create_double(env, v, slot))?;
+        // SAFETY: `env` as above; `slot` is a local out-pointer.
+        check_js(unsafe { sys::napi_create_double(env, v, slot) })?;
     }
-    if let Some(obj) = from_factory(env, &args) {
+    // SAFETY: `env` as above; all six arguments were created in it above, in this call's
+    // handle scope.
+    if let Some(obj) = unsafe { from_factory(env, &args) } {
         return Ok(obj);
     }
     let mut obj = ptr::null_mut();
-    check_js(sys::napi_create_object(env, &mut obj))?;
-    for (name, v) in [
-        c"value",
-        c"tags",
-        c"stale",
-        c"timestamp",
-        c"expire",
-        c"revalidate",
-    ]
-    .iter()
-    .zip(args)
-    {
-        check_js(sys::napi_set_named_property(env, obj, name.as_ptr(), v))?;
+    // SAFETY: `env` as above; `obj` is created in it before use, the values set on it were
+    // created above; the property names are NUL-terminated C string literals.
+    unsafe {
+        check_js(sys::napi_create_object(env, &mut obj))?;
+        for (name, v) in [
+            c"value",
+            c"tags",
+            c"stale",
+            c"timestamp",
+            c"expire",
+            c"revalidate",
+        ]
+        .iter()
+        .zip(args)
+        {
+            check_js(sys::napi_set_named_property(env, obj, name.as_ptr(), v))?;
+        }
     }
     Ok(obj)
 }

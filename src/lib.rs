@@ -191,7 +191,10 @@ fn next_clock(env: &Env) -> Option<MonotonicClock> {
     use napi::sys;
     use std::time::{Duration, Instant};
     let raw = env.raw();
-    // SAFETY: plain napi calls on the live environment of the current call, on its thread.
+    // SAFETY: `raw` is the environment of the JS call running on this thread (`env`, napi-rs'
+    // for this export); every value used was obtained from it just before, in this call's
+    // handle scope; the property names are NUL-terminated C string literals; `now_fn` is called
+    // with no arguments (a null argv with argc 0); out-pointers are locals.
     unsafe {
         let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
         let mut global = std::ptr::null_mut();

@@ -109,7 +109,9 @@ impl<F: Future> Future for Contained<F> {
     type Output = Result<F::Output, ()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning of the only field; it is never moved out.
+        // SAFETY: structural pinning of the only field: `Contained` never moves it out nor hands
+        // out an unpinned `&mut` to it, has no `Drop` impl, and is `Unpin` only when the field
+        // is (the auto trait), so the field stays pinned as long as `self` is.
         let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
         inner.poll(cx).map(|r| {
             r.map_err(|_| {

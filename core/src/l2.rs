@@ -934,6 +934,53 @@ impl L2 {
         })
     }
 
+    /// `INFO <section>` of the node the command lands on, as `field → value` (for `doctor`).
+    pub async fn info(&self, section: &str) -> Result<std::collections::HashMap<String, String>> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        let reply = self.call("info", Request::Cmd(cmd)).await?;
+        let text = match reply {
+            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+            Value::VerbatimString { text, .. } => text,
+            Value::SimpleString(s) => s,
+            other => return Err(unexpected("INFO", &other)),
+        };
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect())
+    }
+
+    /// Loads the Lua scripts (`SCRIPT LOAD`) and checks Redis hashes them as this build does:
+    /// the scripts the request path runs with `EVALSHA` are usable (for `doctor`).
+    pub async fn load_scripts(&self) -> Result<()> {
+        for (name, script, source) in [
+            (
+                "update_tags",
+                &*UPDATE_TAGS,
+                include_str!("lua/update_tags.lua"),
+            ),
+            ("refresh", &*REFRESH, include_str!("lua/refresh.lua")),
+            ("time", &*TIME, include_str!("lua/time.lua")),
+        ] {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(source);
+            let sha = match self.call("script_load", Request::Cmd(cmd)).await? {
+                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                Value::SimpleString(s) => s,
+                other => return Err(unexpected("SCRIPT LOAD", &other)),
+            };
+            if sha != script.get_hash() {
+                return Err(Error::Redis(format!(
+                    "SCRIPT LOAD of {name}.lua returned {sha}, expected {}",
+                    script.get_hash()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// One Redis call: breaker, deadline, connection, error mapping.
     async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
         if tokio::runtime::Handle::try_current().is_err() {

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod doctor;
 pub mod entry;
 pub mod envelope;
 pub mod error;

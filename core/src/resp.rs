@@ -193,13 +193,16 @@ impl Reader {
             let missing = d.len - d.value.len();
             if missing > 0 {
                 let n = n.min(missing);
-                // SAFETY: the caller initialised these bytes of the value's spare capacity.
+                // SAFETY: `spare` lent the first `missing` bytes of the value's spare capacity,
+                // and the caller initialised `n` of them (the contract above); `n` is capped at
+                // `missing`, so the new length stays within the capacity.
                 unsafe { d.value.set_len(d.value.len() + n) };
                 return;
             }
         }
         let n = n.min(self.buf.capacity() - self.buf.len());
-        // SAFETY: as above, for the read buffer.
+        // SAFETY: otherwise `spare` lent the read buffer's spare capacity, and the caller
+        // initialised its first `n` bytes (the contract above); `n` is capped at that capacity.
         unsafe { self.buf.set_len(self.buf.len() + n) };
     }
 
@@ -211,7 +214,8 @@ impl Reader {
             for (dst, src) in spare[..n].iter_mut().zip(&bytes[..n]) {
                 dst.write(*src);
             }
-            // SAFETY: the loop above initialised `n` bytes of `spare`.
+            // SAFETY: the loop above initialised the first `n` bytes of the slice `spare`
+            // returned, with no other use of `self` in between: `advance`'s contract.
             unsafe { self.advance(n) };
             bytes = &bytes[n..];
         }

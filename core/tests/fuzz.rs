@@ -107,8 +107,11 @@ fn note_free(size: usize) {
 // SAFETY: every call is forwarded to `System` unchanged; the bookkeeping only touches
 // const-initialised thread-locals without destructors (no allocation, no re-entrancy).
 unsafe impl GlobalAlloc for Counting {
+    /// # Safety
+    /// [`GlobalAlloc::alloc`]'s contract: `layout` has a non-zero size.
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
+        // SAFETY: `layout` is our caller's, non-zero in size (the contract above), which is all
+        // `System.alloc` asks.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             note_alloc(layout.size());
@@ -116,8 +119,10 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::alloc_zeroed`]'s contract: `layout` has a non-zero size.
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
+        // SAFETY: as in `alloc`: a non-zero `layout`, from our caller.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             note_alloc(layout.size());
@@ -125,14 +130,21 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::dealloc`]'s contract: `ptr` was allocated by this allocator with `layout`.
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded with the caller's guarantees.
+        // SAFETY: every block of this allocator comes from `System` (each method forwards to
+        // it), so `ptr` is a `System` block of `layout` (the contract above).
         unsafe { System.dealloc(ptr, layout) };
         note_free(layout.size());
     }
 
+    /// # Safety
+    /// [`GlobalAlloc::realloc`]'s contract: `ptr` was allocated by this allocator with `layout`,
+    /// and `new_size` is non-zero and does not overflow `isize` once rounded up to the alignment.
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
+        // SAFETY: `ptr` is a `System` block of `layout` (as in `dealloc`) and `new_size` meets
+        // the same bounds for `System` (the contract above).
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             note_free(layout.size());
