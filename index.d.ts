@@ -195,6 +195,23 @@ export interface StrataStats {
   internalPanics: number
 }
 
+/** One line of {@link doctor}'s report. */
+export interface DoctorCheck {
+  name: string
+  status: 'ok' | 'warn' | 'fail'
+  /** What was found, and what to fix. Never contains a credential. */
+  detail: string
+}
+
+/**
+ * Checks the configuration and Redis as a server starting in this process would see them (the
+ * same options and environment; nothing is created): the namespace and where it came from, the
+ * Redis URL (redacted), round trip and clock offset, the Lua scripts, the server version and
+ * its eviction policy. Never rejects: problems are `fail` checks. `npx strata-cache doctor`
+ * prints it and exits non-zero on a problem.
+ */
+export declare function doctor(options?: StrataOptions): Promise<{ verdict: 'ok' | 'warn' | 'fail'; checks: DoctorCheck[] }>
+
 /** Counters of this process (handler calls, L1 and tags). */
 export declare function stats(): StrataStats
 

@@ -1,4 +1,4 @@
-// How the addon builds the entry objects it hands to JS: through the literal index.js
+// How the addon builds the entry objects it hands to JS: through the literal lib/store.js
 // registers (per thread), or by itself when none is registered or the registered one throws.
 // Each case runs in a fresh process, so the store and the factory start empty.
 import { describe, it, expect } from 'vitest'

@@ -1,7 +1,8 @@
 'use strict'
 /**
- * The errors strata-cache throws: one class with a stable `code`, and the one way argument
- * errors are worded. Shared by both handlers (index.js, lib/incremental.js) and the codec.
+ * The errors strata-cache throws: one class with a stable `code`, the one way argument errors
+ * are worded, and the one way any other error (the addon's, which carry `code`) becomes one.
+ * Shared by both handlers, the store and the codec.
  */
 
 /** An error with a stable `code` (`STRATA_INVALID_ARG`, `STRATA_CONFIG`, `STRATA_DECODE`, `STRATA_INTERNAL`, ...). */
@@ -30,4 +31,12 @@ function invalid(name, expected, got) {
   return new StrataError('STRATA_INVALID_ARG', `invalid argument \`${name}\`: expected ${expected}, got ${describe(got)}`)
 }
 
-module.exports = { StrataError, describe, invalid }
+/** Any error from the addon (which sets `code`) or from JS as a StrataError; unknown: STRATA_INTERNAL. */
+function toStrataError(err) {
+  if (err instanceof StrataError) return err
+  const message = err && err.message ? err.message : String(err)
+  const code = err && typeof err.code === 'string' && err.code.startsWith('STRATA_') ? err.code : 'STRATA_INTERNAL'
+  return new StrataError(code, message, { cause: err })
+}
+
+module.exports = { StrataError, describe, invalid, toStrataError }

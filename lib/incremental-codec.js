@@ -33,21 +33,13 @@ const HEADER_BYTES = 9
 const MAX_U32 = 0xffffffff
 
 // ---------------------------------------------------------------------------------------------
-// Errors
+// Errors and checks (lib/errors.js, lib/checks.js)
 
 const { StrataError, describe, invalid } = require('./errors.js')
-
-/**
- * The one place this module builds its errors.
- * @param {string} code `STRATA_INVALID_ARG` or `STRATA_DECODE`
- * @param {string} message
- */
-function makeError(code, message) {
-  return new StrataError(code, message)
-}
+const { isNil, isObject, isRecord, isBytes, isFiniteNumber, isNonNegativeNumber, isStringArray, hasOwn, checkTags, checkNumber } = require('./checks.js')
 
 function decodeError(why) {
-  return makeError('STRATA_DECODE', `malformed incremental cache entry: ${why}`)
+  return new StrataError('STRATA_DECODE', `malformed incremental cache entry: ${why}`)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,11 +91,6 @@ const FETCH_BODY = 'data.body'
 /** The undef entry of a present-but-`undefined` `data.status`. */
 const FETCH_STATUS = 'data.status'
 
-const hasOwn = (o, k) => Object.prototype.hasOwnProperty.call(o, k)
-const isBytes = (v) => v instanceof Uint8Array
-const isObject = (v) => typeof v === 'object' && v !== null
-const isFiniteNumber = (v) => typeof v === 'number' && Number.isFinite(v)
-
 /** absent | undefined | present: how a value holds `key` (an own `undefined` is "undefined"). */
 function presence(obj, key) {
   if (obj[key] !== undefined) return 'present'
@@ -114,13 +101,13 @@ function presence(obj, key) {
 // Validation
 
 function checkHeaders(name, headers) {
-  if (!isObject(headers) || Array.isArray(headers) || headers instanceof Map || isBytes(headers)) {
+  if (!isRecord(headers) || headers instanceof Map || isBytes(headers)) {
     throw invalid(name, 'an object of header values', headers)
   }
   for (const h of Object.keys(headers)) {
     const v = headers[h]
     if (v === undefined || typeof v === 'string' || isFiniteNumber(v)) continue
-    if (Array.isArray(v) && v.every((s) => typeof s === 'string')) continue
+    if (isStringArray(v)) continue
     throw invalid(`${name}[${JSON.stringify(h)}]`, 'a string, an array of strings or a finite number', v)
   }
 }
@@ -138,7 +125,7 @@ function checkType(name, type, v) {
       if (!isBytes(v)) throw invalid(name, 'a Buffer or Uint8Array', v)
       return
     case 'number':
-      if (!isFiniteNumber(v)) throw invalid(name, 'a finite number', v)
+      checkNumber(name, v)
       return
     case 'boolean':
       if (typeof v !== 'boolean') throw invalid(name, 'a boolean', v)
@@ -150,10 +137,7 @@ function checkType(name, type, v) {
       checkHeaders(name, v)
       return
     case 'tags':
-      if (!Array.isArray(v)) throw invalid(name, 'an array of strings', v)
-      for (let i = 0; i < v.length; i++) {
-        if (typeof v[i] !== 'string') throw invalid(`${name}[${i}]`, 'a string', v[i])
-      }
+      checkTags(name, v)
       return
     case 'segments':
       if (!(v instanceof Map)) throw invalid(name, 'a Map of string to Buffer', v)
@@ -163,13 +147,11 @@ function checkType(name, type, v) {
       }
       return
     case 'fetchData':
-      if (!isObject(v) || Array.isArray(v)) throw invalid(name, 'an object { headers, body, url, status? }', v)
+      if (!isRecord(v)) throw invalid(name, 'an object { headers, body, url, status? }', v)
       checkHeaders(`${name}.headers`, v.headers)
       if (typeof v.body !== 'string') throw invalid(`${name}.body`, 'a string', v.body)
       if (typeof v.url !== 'string') throw invalid(`${name}.url`, 'a string', v.url)
-      if (v.status !== undefined && v.status !== null && !isFiniteNumber(v.status)) {
-        throw invalid(`${name}.status`, 'a finite number', v.status)
-      }
+      if (!isNil(v.status)) checkNumber(`${name}.status`, v.status)
       return
     default:
       throw invalid(name, 'a known field type', type)
@@ -185,7 +167,7 @@ function checkType(name, type, v) {
  */
 function checkValue(value) {
   if (value === null) return
-  if (!isObject(value) || Array.isArray(value)) throw invalid('value', 'an object with a `kind`, or null', value)
+  if (!isRecord(value)) throw invalid('value', 'an object with a `kind`, or null', value)
   const fields = typeof value.kind === 'string' && hasOwn(KINDS, value.kind) ? KINDS[value.kind] : undefined
   if (!fields) throw invalid('value.kind', `one of ${KIND_NAMES.join(', ')}`, value.kind)
   for (const f of fields) {
@@ -315,7 +297,7 @@ function encodeValue(value, cacheControl) {
   head.writeUInt32LE(jsonLength, 5)
   let at = HEADER_BYTES + head.write(json, HEADER_BYTES, 'utf8')
   for (let i = 0; i < texts.length; i++) at += head.write(texts[i][1], at, 'utf8')
-  if (at !== headLength) throw makeError('STRATA_INTERNAL', `incremental codec wrote ${at} of ${headLength} head bytes`)
+  if (at !== headLength) throw new StrataError('STRATA_INTERNAL', `incremental codec wrote ${at} of ${headLength} head bytes`)
 
   const chunks = [head]
   for (const [, bytes] of binaries) if (bytes.byteLength > 0) chunks.push(bytes)
@@ -381,7 +363,7 @@ function decodeBuffer(buf) {
   } catch (err) {
     throw decodeError(`metadata is not JSON (${err.message})`)
   }
-  if (!isObject(meta) || Array.isArray(meta)) throw decodeError('metadata is not an object')
+  if (!isRecord(meta)) throw decodeError('metadata is not an object')
 
   // The part list must describe exactly the bytes after the metadata.
   const partList = meta.parts
@@ -399,7 +381,7 @@ function decodeBuffer(buf) {
   }
   if (at !== buf.length) throw decodeError(`${buf.length - at} bytes after the last part`)
 
-  if (hasOwn(meta, 'ascii') && !(Array.isArray(meta.ascii) && meta.ascii.every((r) => typeof r === 'string'))) {
+  if (hasOwn(meta, 'ascii') && !isStringArray(meta.ascii)) {
     throw decodeError('ascii is not a list of names')
   }
   let cacheControl
@@ -420,9 +402,9 @@ function decodeBuffer(buf) {
   const fields = meta.fields
   const undef = meta.undef
   const maps = meta.maps
-  if (!isObject(fields) || Array.isArray(fields)) throw decodeError('fields is not an object')
-  if (!Array.isArray(undef) || !undef.every((k) => typeof k === 'string')) throw decodeError('undef is not a list of names')
-  if (!Array.isArray(maps) || !maps.every((k) => typeof k === 'string')) throw decodeError('maps is not a list of names')
+  if (!isRecord(fields)) throw decodeError('fields is not an object')
+  if (!isStringArray(undef)) throw decodeError('undef is not a list of names')
+  if (!isStringArray(maps)) throw decodeError('maps is not a list of names')
 
   const specByKey = new Map(specs.map((f) => [f.key, f]))
   for (const k of Object.keys(fields)) if (!specByKey.has(k)) throw decodeError(`unknown field \`${k}\``)
@@ -497,20 +479,20 @@ function textEncoding(meta, role) {
  * `undefined`; anything else is STRATA_INVALID_ARG. Returns a plain copy.
  */
 function checkCacheControl(cc) {
-  if (cc === undefined || cc === null) return undefined
+  if (isNil(cc)) return undefined
   if (!isObject(cc)) throw invalid('cacheControl', 'an object { revalidate, expire }', cc)
   const { revalidate, expire } = cc
-  if (revalidate !== false && !(isFiniteNumber(revalidate) && revalidate >= 0)) {
+  if (revalidate !== false && !isNonNegativeNumber(revalidate)) {
     throw invalid('cacheControl.revalidate', 'a non-negative number of seconds or false', revalidate)
   }
-  if (expire !== undefined && !(isFiniteNumber(expire) && expire >= 0)) {
+  if (expire !== undefined && !isNonNegativeNumber(expire)) {
     throw invalid('cacheControl.expire', 'a non-negative number of seconds or undefined', expire)
   }
   return expire === undefined ? { revalidate } : { revalidate, expire }
 }
 
 function decodeFetchData(data, bodyPart, statusUndefined, buf, encoding) {
-  if (!isObject(data) || Array.isArray(data) || !bodyPart) throw decodeError('bad FETCH data')
+  if (!isRecord(data) || !bodyPart) throw decodeError('bad FETCH data')
   for (const k of Object.keys(data)) {
     if (k !== 'headers' && k !== 'url' && k !== 'status') throw decodeError(`unknown FETCH data field \`${k}\``)
   }
@@ -571,7 +553,6 @@ module.exports = {
   decodeValue,
   decodeEntry,
   tagsOf,
-  makeError,
   FORMAT_VERSION,
   MAGIC,
   NEXT_CACHE_TAGS_HEADER,

@@ -4,7 +4,7 @@
  * handlers with `revalidate`, the `fetch` cache, `unstable_cache`, images with
  * `images.customCacheHandler`).
  *
- * It adapts Next's shapes to the store the 'use cache' handler uses (index.js): one L1 byte
+ * It adapts Next's shapes to the store the 'use cache' handler uses (lib/store.js): one L1 byte
  * budget, one Redis connection, one tag state. An entry is one opaque payload in Rust memory
  * (`lib/incremental-codec.js`: metadata + the bodies, binary as binary), stored under the key
  * `INCREMENTAL_KEY_PREFIX + key`, which the core keeps apart from 'use cache' keys in L1, in
@@ -34,10 +34,14 @@ const { readFile, stat } = require('node:fs/promises')
 const path = require('node:path')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
-/** What this handler shares with the 'use cache' handler (index.js): one store, one configuration. */
-const shared = require('../index.js')[Symbol.for('strata-cache.internals')]
-const { native, pendingSets, hasL2 } = shared
-const calls = shared.incrementalCalls
+const { invalid, toStrataError } = require('./errors.js')
+const { isObject, isNonNegativeNumber } = require('./checks.js')
+const { log, warnOncePerCode } = require('./log.js')
+/** What this handler shares with the 'use cache' handler: one store, one configuration. */
+const store = require('./store.js')
+
+const { native, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const calls = store.incrementalCalls
 
 /** Store keys of this handler start with this (the core's `envelope::INCREMENTAL_KEY_PREFIX`). */
 const KEY_PREFIX = '\u0001i:'
@@ -56,14 +60,13 @@ const now = () => performance.timeOrigin + performance.now()
  * handler). Options as `createUseCacheHandler`'s.
  */
 function createIncrementalCacheHandler(options) {
-  const opts = shared.validateOptions(options)
-  const bootOnce = shared.makeBooter(opts)
+  const bootOnce = store.makeBooter(options)
   const seeds = new SeedReader()
 
   return class StrataIncrementalCache {
     constructor(ctx) {
       /** `{ dev, serverDistDir, revalidatedTags, ... }` (Next's CacheHandlerContext). */
-      this.ctx = ctx && typeof ctx === 'object' ? ctx : {}
+      this.ctx = isObject(ctx) ? ctx : {}
       /** This request's read of the invalidation log (see the module doc and `resetRequestCache`). */
       this.refreshed = undefined
     }
@@ -71,10 +74,10 @@ function createIncrementalCacheHandler(options) {
     async get(key, ctx) {
       calls.get++
       try {
-        if (typeof key !== 'string') throw shared.invalid('key', 'a string', key)
+        if (typeof key !== 'string') throw invalid('key', 'a string', key)
         const kind = ctx && typeof ctx.kind === 'string' ? ctx.kind : undefined
         const storeKey = KEY_PREFIX + key
-        const pending = pendingSets.size === 0 ? undefined : pendingSets.get(storeKey)
+        const pending = pendingSet(storeKey)
         if (pending !== undefined) await pending
         bootOnce()
         // A fetch is checked against the tags of this read too (Next leaves tags out of the
@@ -100,58 +103,49 @@ function createIncrementalCacheHandler(options) {
         return cacheControl === undefined ? { value, lastModified } : { value, lastModified, cacheControl }
       } catch (err) {
         // A failing get must never fail a render: it is a miss.
-        const e = shared.toStrataError(err)
-        shared.logOnce('warn', `incremental-get:${e.code}`, 'incremental cache get failed and was treated as a miss', e)
+        warnOncePerCode('incremental-get', 'incremental cache get failed and was treated as a miss', err)
         return null
       }
     }
 
     async set(key, data, ctx) {
       calls.set++
-      if (typeof key !== 'string') throw shared.invalid('key', 'a string', key)
-      if (data === undefined) throw shared.invalid('data', 'a cache value or null', data)
-      const context = ctx && typeof ctx === 'object' ? ctx : {}
+      if (typeof key !== 'string') throw invalid('key', 'a string', key)
+      if (data === undefined) throw invalid('data', 'a cache value or null', data)
+      const context = isObject(ctx) ? ctx : {}
       const isFetch = data !== null && data.kind === 'FETCH'
       const cacheControl = isFetch ? undefined : checkCacheControl(context.cacheControl)
       const chunks = encodeValue(data, cacheControl)
-      const tags = shared.checkTags('tags', tagsOf(data, context))
+      // (tagsOf keeps only non-empty strings: nothing to check.)
+      const tags = tagsOf(data, context)
       const { revalidate, expire } = lifetimes(data, cacheControl, context)
       const storeKey = KEY_PREFIX + key
-      let release
-      const pending = new Promise((resolve) => { release = resolve })
-      pendingSets.set(storeKey, pending)
+      const endSet = beginSet(storeKey)
       try {
         bootOnce()
-        const bytes = chunks.length === 1 ? chunks[0] : chunks
         const timestamp = now()
+        const subject = () => `an incremental cache entry (${key.slice(0, 80)})`
         try {
           if (hasL2()) {
-            const code = await native.ucSetRemote(storeKey, bytes, tags, 0, timestamp, expire, revalidate)
-            const written = shared.SET_L2[code & 7]
-            if (written === 'too-large-first') {
-              shared.log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than l2MaxValueBytes (${shared.resolved().l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
-            } else if (written === 'failed') {
-              shared.logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
-            }
+            await setShared(storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
             return
           }
-          const outcome = shared.SET_L1[native.ucSet(storeKey, bytes, tags, 0, timestamp, expire, revalidate)]
+          const outcome = setLocal(storeKey, chunks, tags, 0, timestamp, expire, revalidate)
           if (outcome === 'too-large-first') {
-            shared.log('warn', `an incremental cache entry (${key.slice(0, 80)}) is larger than the whole L1 (${shared.resolved().l1MaxBytes} bytes) and was not stored (warned once)`)
+            log('warn', `${subject()} is larger than the whole L1 (${store.settings().l1MaxBytes} bytes) and was not stored (warned once)`)
           }
         } catch (err) {
-          throw shared.toStrataError(err)
+          throw toStrataError(err)
         }
       } finally {
-        if (pendingSets.get(storeKey) === pending) pendingSets.delete(storeKey)
-        release()
+        endSet()
       }
     }
 
     async revalidateTag(tags, durations) {
       calls.revalidateTag++
       const list = typeof tags === 'string' ? [tags] : tags
-      await shared.updateTags(bootOnce, list, durations)
+      await store.updateTags(bootOnce, list, durations)
     }
 
     /** Next calls it when a request starts (with a handler object it may reuse): follow the log anew. */
@@ -213,7 +207,7 @@ function lifetimes(data, cacheControl, ctx) {
     if (cacheControl.expire !== undefined) expire = cacheControl.expire
   } else if (data !== null && (data.kind === 'FETCH' || data.kind === 'IMAGE')) {
     const r = data.kind === 'FETCH' && typeof ctx.revalidate === 'number' ? ctx.revalidate : data.revalidate
-    if (typeof r === 'number' && Number.isFinite(r) && r >= 0) revalidate = r
+    if (isNonNegativeNumber(r)) revalidate = r
   }
   // `expire: 0` would be "dynamic, never stored" for the core; Next never caches such a
   // response, but an entry it hands us is kept for at least a second.
@@ -262,7 +256,7 @@ class SeedReader {
     try {
       found = await readSeed(key, ctx, serverDistDir, await this.manifest(serverDistDir))
     } catch (err) {
-      shared.log('debug', `no build seed for ${key.slice(0, 120)}`, err)
+      log('debug', `no build seed for ${key.slice(0, 120)}`, err)
     }
     if (found === null) {
       if (this.none.size >= MAX_NO_SEED) this.none.clear()
@@ -273,7 +267,7 @@ class SeedReader {
     const chunks = encodeValue(value, cacheControl)
     const { revalidate, expire } = lifetimes(value, cacheControl, {})
     const tags = tagsOf(value, {})
-    native.ucSet(storeKey, chunks.length === 1 ? chunks[0] : chunks, tags, 0, lastModified, expire, revalidate)
+    setLocal(storeKey, chunks, tags, 0, lastModified, expire, revalidate)
     // Judged like any entry: a tag invalidated since the build makes it a miss (or stale).
     const hit = native.ucGet(storeKey)
     return hit

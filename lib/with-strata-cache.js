@@ -10,6 +10,8 @@
 const path = require('node:path')
 
 const { StrataError, describe } = require('./errors.js')
+const { isRecord } = require('./checks.js')
+const { checkOptions, boolean } = require('./options.js')
 
 const ROOT = path.join(__dirname, '..')
 /** Absolute paths (Next resolves relative ones against `.next/` at `next start`). */
@@ -17,26 +19,12 @@ const USE_CACHE = path.join(ROOT, 'use-cache.js')
 const INCREMENTAL = path.join(ROOT, 'incremental.js')
 
 const OPTIONS = {
-  useCache: 'true or false: set cacheHandlers.default and .remote (default: when cacheComponents is on)',
-  incremental: 'true or false: set cacheHandler, the incremental cache (default: true)',
+  useCache: boolean('true or false: set cacheHandlers.default and .remote (default: when cacheComponents is on)'),
+  incremental: boolean('true or false: set cacheHandler, the incremental cache (default: true)'),
 }
 
 function configError(message) {
   return new StrataError('STRATA_CONFIG', `withStrataCache: ${message}`)
-}
-
-function checkOptions(options) {
-  if (options === undefined || options === null) return {}
-  if (typeof options !== 'object' || Array.isArray(options)) throw configError(`options must be an object, got ${describe(options)}`)
-  for (const [name, value] of Object.entries(options)) {
-    if (!Object.hasOwn(OPTIONS, name)) {
-      throw configError(`unknown option \`${name}\` (known: ${Object.keys(OPTIONS).join(', ')})`)
-    }
-    if (value !== undefined && typeof value !== 'boolean') {
-      throw configError(`invalid option \`${name}\`: expected ${OPTIONS[name]}, got ${describe(value)}`)
-    }
-  }
-  return options
 }
 
 /** Sets `field` of `target` to `ours`, unless the app set it to something else (an error). */
@@ -49,7 +37,7 @@ function claim(target, field, ours, optionName) {
 }
 
 function apply(nextConfig, options) {
-  if (nextConfig === null || typeof nextConfig !== 'object' || Array.isArray(nextConfig)) {
+  if (!isRecord(nextConfig)) {
     throw configError(`the Next config must be an object (or a function returning one), got ${describe(nextConfig)}`)
   }
   const out = { ...nextConfig }
@@ -85,7 +73,7 @@ function apply(nextConfig, options) {
  * @throws {StrataError} STRATA_CONFIG naming the option or field that is wrong.
  */
 function withStrataCache(nextConfig = {}, options) {
-  const opts = checkOptions(options)
+  const opts = checkOptions(OPTIONS, options, 'withStrataCache: ')
   if (typeof nextConfig === 'function') {
     return async (...args) => apply(await nextConfig(...args), opts)
   }

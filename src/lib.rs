@@ -257,27 +257,109 @@ impl Clock for SkewedClock {
     }
 }
 
+/// The configuration as a server resolves it: code options over environment variables over
+/// defaults (one place, for `init` and `doctor`).
+fn resolve_config(o: &InitOptions) -> JsResult<Config> {
+    let code = Options {
+        l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
+        max_tags: whole("maxTags", o.max_tags, false)?,
+        redis_url: o.redis.clone(),
+        namespace: o.namespace.clone(),
+        max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
+        redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
+        l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
+        compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
+        strict: o.strict,
+        cluster: o.cluster,
+        redis_ca_file: o.redis_ca_file.clone(),
+    };
+    let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
+    code.or(env).resolve().map_err(to_js)
+}
+
+/// The namespace and where it came from (see `namespace::resolve`); `dist_dir` defaults to
+/// `<cwd>/.next`.
+fn resolve_namespace(
+    config: &Config,
+    dist_dir: Option<&str>,
+) -> strata_core::Result<(String, String)> {
+    let dist = dist_dir
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
+        .unwrap_or_else(|| PathBuf::from(".next"));
+    let (ns, source) = namespace::resolve(
+        config.namespace.as_deref(),
+        |k| std::env::var(k).ok(),
+        &dist,
+    )?;
+    Ok((ns, source.to_string()))
+}
+
+/// One check of `doctor`.
+#[napi(object)]
+pub struct DoctorCheck {
+    /// What was checked.
+    pub name: String,
+    /// `"ok"`, `"warn"` or `"fail"`.
+    pub status: String,
+    /// What was found, and what to fix.
+    pub detail: String,
+}
+
+/// What `doctor` found.
+#[napi(object)]
+pub struct DoctorReport {
+    /// The worst status: `"ok"`, `"warn"` or `"fail"`.
+    pub verdict: String,
+    /// Every check, in order.
+    pub checks: Vec<DoctorCheck>,
+}
+
+/// `strata-cache doctor`: resolves the configuration as `init` does (without creating the
+/// store) and checks Redis (see `strata_core::doctor`). Never rejects: problems are checks.
+#[napi(js_name = "doctor")]
+pub async fn doctor(options: Option<InitOptions>) -> napi::Result<DoctorReport> {
+    let o = options.unwrap_or_default();
+    let report = match resolve_config(&o) {
+        Err(e) => strata_core::doctor::Report {
+            checks: vec![strata_core::doctor::Check {
+                name: "config",
+                status: strata_core::doctor::Status::Fail,
+                detail: e.reason.clone(),
+            }],
+        },
+        Ok(config) => {
+            let namespace = resolve_namespace(&config, o.dist_dir.as_deref());
+            panic::Contained::new(strata_core::doctor::run(
+                &config,
+                namespace,
+                Arc::new(SystemClock),
+            ))
+            .await
+            .map_err(|()| napi::Error::from_reason("internal error (a panic, contained)"))?
+        }
+    };
+    Ok(DoctorReport {
+        verdict: report.verdict().to_string(),
+        checks: report
+            .checks
+            .into_iter()
+            .map(|c| DoctorCheck {
+                name: c.name.to_owned(),
+                status: c.status.to_string(),
+                detail: c.detail,
+            })
+            .collect(),
+    })
+}
+
 /// Resolves the configuration (code options over environment variables over defaults) and
 /// creates the process-wide cache on first call. Later calls return the existing configuration.
 #[napi]
 pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
     panic::guard(move || {
         let o = options.unwrap_or_default();
-        let code = Options {
-            l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
-            max_tags: whole("maxTags", o.max_tags, false)?,
-            redis_url: o.redis,
-            namespace: o.namespace,
-            max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
-            redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
-            l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
-            compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
-            strict: o.strict,
-            cluster: o.cluster,
-            redis_ca_file: o.redis_ca_file,
-        };
-        let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
-        let mut config = code.or(env).resolve().map_err(to_js)?;
+        let mut config = resolve_config(&o)?;
         if let Some(g) = GLOBAL.get() {
             return Ok(describe(g, g.requested == config));
         }
@@ -289,20 +371,7 @@ pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig,
         }
         let namespace = match &config.redis_url {
             None => None,
-            Some(_) => {
-                let dist = o
-                    .dist_dir
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
-                    .unwrap_or_else(|| PathBuf::from(".next"));
-                let (ns, source) = namespace::resolve(
-                    config.namespace.as_deref(),
-                    |k| std::env::var(k).ok(),
-                    &dist,
-                )
-                .map_err(to_js)?;
-                Some((ns, source.to_string()))
-            }
+            Some(_) => Some(resolve_namespace(&config, o.dist_dir.as_deref()).map_err(to_js)?),
         };
         let skew = match o.clock_skew_ms {
             Some(s) if s.is_finite() => s,

@@ -192,7 +192,7 @@ export function createIncrementalOurs(options, ctx, modulePath) {
     Handler,
     handler: new Handler(ctx),
     module: m,
-    native: m[Symbol.for('strata-cache.internals')].native,
+    native: require(path.join(dir, 'binding.js')),
     codec: require(path.join(dir, 'lib', 'incremental-codec.js')),
     KEY_PREFIX: require(path.join(dir, 'lib', 'incremental.js')).KEY_PREFIX,
     how: `${path.relative(ROOT, main) || main} createIncrementalCacheHandler(${JSON.stringify(options)})`,

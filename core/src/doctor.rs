@@ -185,15 +185,18 @@ pub async fn run(
         }
     }
     let Some(best) = best else {
-        let why = first_error.map_or_else(|| "no answer".to_owned(), |e| e.to_string());
-        report.push(
-            "connect",
-            Status::Fail,
-            format!(
-                "Redis did not answer within {} ms: {why}",
+        let detail = match first_error {
+            Some(Error::Timeout { .. }) | None => format!(
+                "Redis did not answer within the {} ms deadline (STRATA_REDIS_TIMEOUT_MS): \
+                 unreachable, or not answering",
                 config.redis_timeout_ms
             ),
-        );
+            Some(Error::Unavailable(msg)) if msg.contains("circuit open") => {
+                "Redis kept failing (connection refused or timed out)".to_owned()
+            }
+            Some(e) => format!("cannot use Redis: {e}"),
+        };
+        report.push("connect", Status::Fail, detail);
         return report;
     };
     report.push("connect", Status::Ok, "connected, TIME script answered");

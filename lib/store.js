@@ -1,0 +1,216 @@
+'use strict'
+/**
+ * The process-wide store both handlers share. The store itself lives in Rust (`core/`), reached
+ * through the generated loader `binding.js`; this module holds the JS-side pieces that must be
+ * one per process with it: start-up on first use, the configuration in effect, the `set`s in
+ * flight, the call counters, writes and their outcomes, tag invalidation, and the public
+ * `stats`, `config` and `flush`.
+ */
+const native = require('../binding.js')
+
+const { invalid, toStrataError } = require('./errors.js')
+const { isNil, isObject, isNonNegativeNumber, checkTags } = require('./checks.js')
+const { log, logOnce } = require('./log.js')
+const { validateOptions } = require('./options.js')
+
+/** Calls Next made to the 'use cache' handler (`cacheHandlers`), per method. */
+const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
+/** Calls Next made to the incremental handler (`cacheHandler`), per method. */
+const incrementalCalls = { get: 0, set: 0, revalidateTag: 0 }
+/** storeKey -> promise of the `set` in flight (a `get` of that key waits for it). */
+const pendingSets = new Map()
+/** The outcome codes of the native set calls: L1 (`ucSet`; `ucSetRemote` >> 3), L2 (`& 7`). */
+const SET_L1 = ['stored', 'skipped-dynamic', 'already-expired', 'too-large', 'too-large-first']
+const SET_L2 = ['none', 'written', 'too-large', 'too-large-first', 'failed']
+/** The configuration in effect (`native.init`'s answer), once the store exists. */
+let resolved = null
+let l2 = false
+
+/** Whether the store has a Redis L2 (known once it exists). */
+const hasL2 = () => l2
+/** The configuration in effect, or null before first use (not a copy: see `config`). */
+const settings = () => resolved
+
+/** Creates the native store on first use (run time, never at import or `next build` config time). */
+function boot(options) {
+  if (resolved) return resolved
+  // `next build` (static generation workers included) stays L1-only: the build machine's
+  // environment must not decide which deployment's Redis namespace gets written.
+  const buildPhase = process.env.NEXT_PHASE === 'phase-production-build'
+  try {
+    resolved = native.init({ ...options, buildPhase })
+  } catch (err) {
+    throw toStrataError(err)
+  }
+  // Entry objects handed to Next are built by this literal (one shape, cheap to build and to
+  // read); once per thread, as each worker thread loads this module anew.
+  native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate) => ({ value, tags, stale, timestamp, expire, revalidate }))
+  l2 = native.hasL2()
+  if (l2) {
+    log('info', `Redis L2 ${resolved.redis}, namespace "${resolved.namespace}" (from ${resolved.namespaceSource}), L1 ${resolved.l1MaxBytes} bytes`)
+  } else {
+    log('debug', `embedded L1 only (${resolved.l1MaxBytes} bytes)${buildPhase ? ', next build' : ''}`)
+  }
+  return resolved
+}
+
+/**
+ * Checks `options` now (STRATA_CONFIG) and returns the function that boots the store for a
+ * handler created with them: the first handler configures it; a later one whose options differ
+ * gets a warning (the store is per process, the first configuration wins). Checked once per
+ * handler object, so the hot path pays one boolean test.
+ */
+function makeBooter(options) {
+  const opts = validateOptions(options)
+  let checked = false
+  return function bootOnce() {
+    if (checked) return
+    const first = !resolved
+    boot(opts)
+    if (!first && Object.keys(opts).length > 0) {
+      const again = native.init(opts)
+      if (!again.applied) {
+        logOnce('warn', 'options-conflict', 'createUseCacheHandler() options differ from the store already created in this process; the first configuration is kept')
+      }
+    }
+    checked = true
+  }
+}
+
+/** The `set` of `storeKey` in flight, or undefined (most gets find none: the key is not even hashed). */
+function pendingSet(storeKey) {
+  return pendingSets.size === 0 ? undefined : pendingSets.get(storeKey)
+}
+
+/**
+ * Marks a `set` of `storeKey` as in flight until the returned function is called (in a
+ * `finally`): a `get` of that key meanwhile waits for it.
+ */
+function beginSet(storeKey) {
+  let release
+  const pending = new Promise((resolve) => { release = resolve })
+  pendingSets.set(storeKey, pending)
+  return function endSet() {
+    if (pendingSets.get(storeKey) === pending) pendingSets.delete(storeKey)
+    release()
+  }
+}
+
+/** A value's chunks as they cross into the addon: one as itself (no copy), several as a list it joins. */
+const bytesOf = (chunks) => (chunks.length === 1 ? chunks[0] : chunks)
+
+/** Writes an entry (its value as chunks) to this instance's L1 only; returns what L1 did with it. */
+function setLocal(storeKey, chunks, tags, stale, timestamp, expire, revalidate) {
+  return SET_L1[native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)]
+}
+
+/**
+ * Writes an entry (its value as chunks) to L1 and Redis; warns when Redis did not take it
+ * (`subject()` names the entry). Resolves with what L1 did with it.
+ */
+async function setShared(storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
+  const code = await native.ucSetRemote(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
+  const written = SET_L2[code & 7]
+  if (written === 'too-large-first') {
+    log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
+  } else if (written === 'failed') {
+    logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
+  }
+  return SET_L1[code >> 3]
+}
+
+/**
+ * Invalidates `tags` for every handler of the process (`updateTags` of 'use cache',
+ * `revalidateTag` of the incremental cache): with `durations`, stale now and expired after
+ * `durations.expire` seconds; without, expired now. One atomic Redis call with L2.
+ */
+async function updateTags(bootOnce, tags, durations) {
+  checkTags('tags', tags)
+  let d = null
+  if (!isNil(durations)) {
+    if (!isObject(durations)) throw invalid('durations', 'an object like { expire: seconds }', durations)
+    if (durations.expire !== undefined) {
+      if (typeof durations.expire !== 'number' || !(durations.expire >= 0)) {
+        throw invalid('durations.expire', 'a non-negative number of seconds', durations.expire)
+      }
+    }
+    d = { expire: durations.expire }
+  }
+  try {
+    bootOnce()
+    if (l2) await native.ucUpdateTagsRemote(tags, d)
+    else native.ucUpdateTags(tags, d)
+  } catch (err) {
+    throw toStrataError(err)
+  }
+}
+
+/** Counters of this process: handler calls and the native store. */
+function stats() {
+  const n = native.nativeStats()
+  return {
+    calls: { ...calls },
+    incrementalCalls: { ...incrementalCalls },
+    l1: n
+      ? {
+          entries: n.entries,
+          bytes: n.bytes,
+          maxBytes: n.maxBytes,
+          hits: n.hits,
+          misses: n.misses,
+          sets: n.sets,
+          evictions: n.evictions,
+          skippedDynamic: n.skippedDynamic,
+          rejectedTooLarge: n.rejectedTooLarge,
+          jsViews: n.jsViews,
+        }
+      : null,
+    tags: n
+      ? { updated: n.tagsUpdated, records: n.tagRecords, staleHits: n.staleByTag, expiredMisses: n.expiredByTag }
+      : null,
+    l2: n && n.l2 ? { ...n.l2 } : null,
+    internalPanics: n ? n.internalPanics : 0,
+  }
+}
+
+/**
+ * Delivers invalidations queued while Redis was unavailable (call it before a graceful
+ * shutdown). Resolves with how many are still queued after `timeoutMs` (0 = all delivered).
+ */
+async function flush({ timeoutMs = 5000 } = {}) {
+  if (!isNonNegativeNumber(timeoutMs)) throw invalid('timeoutMs', 'a non-negative number of ms', timeoutMs)
+  if (!resolved) return 0
+  return native.flush(timeoutMs)
+}
+
+/**
+ * Checks the configuration and Redis as a server starting here would see them (the same options
+ * and environment; nothing is created): `{ verdict: 'ok' | 'warn' | 'fail', checks: [{ name,
+ * status, detail }] }`. Never rejects; credentials never appear. See `strata-cache doctor`.
+ */
+async function doctor(options) {
+  return native.doctor(options ? { ...options } : undefined)
+}
+
+/** The configuration in effect (Redis URL redacted), or null before first use. */
+function config() {
+  return resolved ? { ...resolved } : null
+}
+
+module.exports = {
+  native,
+  calls,
+  incrementalCalls,
+  hasL2,
+  settings,
+  makeBooter,
+  pendingSet,
+  beginSet,
+  setLocal,
+  setShared,
+  updateTags,
+  stats,
+  flush,
+  config,
+  doctor,
+}
