@@ -12,17 +12,16 @@
 // - build seeds read from a fake `.next` (never served again once invalidated, never written to
 //   Redis);
 // - construction is free (no store until first use, one store for every handler object).
-import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import zlib from 'node:zlib'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startChild } from './helpers/child-protocol.mjs'
 import { fromWire, toWire } from './helpers/incremental-child.mjs'
 import { startRedis } from './helpers/redis-server.mjs'
 
@@ -38,51 +37,14 @@ const CLOCK_SLACK_MS = 300
 // ---------------------------------------------------------------------------------------------
 // Instances
 
-const live = new Set()
-process.on('exit', () => { for (const p of live) p.kill('SIGKILL') })
-
 /** Starts helpers/incremental-child.mjs with `env` on top of this process's (Redis vars removed). */
 async function startInstance(env) {
   const base = { ...process.env }
   delete base.REDIS_URL
   delete base.STRATA_REDIS_URL
   delete base.STRATA_NAMESPACE
-  const proc = spawn(process.execPath, [CHILD], {
-    env: { ...base, STRATA_LOG: 'error', ...env },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
-  live.add(proc)
-  const lines = readline.createInterface({ input: proc.stdout })
-  const waiting = new Map()
-  let nextId = 1
-  let onReady
-  const ready = new Promise((resolve, reject) => {
-    onReady = resolve
-    proc.once('exit', (code) => reject(new Error(`incremental instance exited early (${code})`)))
-  })
-  lines.on('line', (line) => {
-    if (!line.startsWith('{')) return process.stderr.write(line + '\n')
-    const msg = JSON.parse(line)
-    if (msg.ready) return onReady()
-    const w = waiting.get(msg.id)
-    if (!w) return
-    waiting.delete(msg.id)
-    if (msg.ok) w.resolve(msg.result)
-    else w.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code }))
-  })
-  proc.on('exit', () => {
-    live.delete(proc)
-    for (const w of waiting.values()) w.reject(new Error('incremental instance exited'))
-    waiting.clear()
-  })
-  await ready
-  const call = (op, args) => {
-    const id = nextId++
-    return new Promise((resolve, reject) => {
-      waiting.set(id, { resolve, reject })
-      proc.stdin.write(JSON.stringify({ id, op, args }) + '\n')
-    })
-  }
+  const child = await startChild(CHILD, { STRATA_LOG: 'error', ...env }, { baseEnv: base })
+  const { call } = child
   return {
     call,
     /** `set` through a new handler object: this process's clock { before, after } the call. */
@@ -99,14 +61,7 @@ async function startInstance(env) {
       return e && { ...e, value: Buffer.from(e.valueBase64, 'base64') }
     },
     ucUpdateTags: (tags, durations) => call('ucUpdateTags', { tags, durations }),
-    async stop() {
-      if (proc.exitCode !== null) return
-      const exited = new Promise((r) => proc.once('exit', r))
-      proc.stdin.end()
-      const timer = setTimeout(() => proc.kill('SIGKILL'), 5000)
-      await exited
-      clearTimeout(timer)
-    },
+    stop: child.stop,
   }
 }
 

@@ -9,8 +9,8 @@
 // Like Next, every op that touches the incremental cache constructs a new handler object (Next
 // makes one per request); `handlerCtx` is the constructor's context (`serverDistDir`, `dev`).
 import { createRequire } from 'node:module'
-import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { serve } from './child-protocol.mjs'
 
 // ---------------------------------------------------------------------------------------------
 // The wire format (plain JSON plus `{ $t: … }` markers)
@@ -137,18 +137,7 @@ async function main() {
     async now() { return now() },
   }
 
-  const rl = readline.createInterface({ input: process.stdin })
-  rl.on('line', async (line) => {
-    const { id, op, args } = JSON.parse(line)
-    try {
-      const result = await ops[op](args ?? {})
-      process.stdout.write(JSON.stringify({ id, ok: true, result: result ?? null }) + '\n')
-    } catch (err) {
-      process.stdout.write(JSON.stringify({ id, ok: false, error: { code: err && err.code, message: String(err && err.message) } }) + '\n')
-    }
-  })
-  rl.on('close', () => process.exit(0))
-  process.stdout.write(JSON.stringify({ ready: true }) + '\n')
+  serve(ops)
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) main()

@@ -2,7 +2,7 @@
 // line), so tests can run several instances the way several pods would.
 //   request:  { id, op, args }     response: { id, ok: true, result } | { id, ok: false, error: { code, message } }
 import { createRequire } from 'node:module'
-import readline from 'node:readline'
+import { serve } from './child-protocol.mjs'
 
 const require = createRequire(import.meta.url)
 const { createUseCacheHandler, stats, config, flush } = require('strata-cache')
@@ -92,15 +92,4 @@ const ops = {
   async config() { return config() },
 }
 
-const rl = readline.createInterface({ input: process.stdin })
-rl.on('line', async (line) => {
-  const { id, op, args } = JSON.parse(line)
-  try {
-    const result = await ops[op](args ?? {})
-    process.stdout.write(JSON.stringify({ id, ok: true, result: result ?? null }) + '\n')
-  } catch (err) {
-    process.stdout.write(JSON.stringify({ id, ok: false, error: { code: err.code, message: err.message } }) + '\n')
-  }
-})
-rl.on('close', () => process.exit(0))
-process.stdout.write(JSON.stringify({ ready: true }) + '\n')
+serve(ops)
