@@ -6,7 +6,7 @@
  * flight, the call counters, writes and their outcomes, tag invalidation, and the public
  * `stats`, `config` and `flush`.
  */
-const native = require('../binding.js')
+const native = require('./native.js')
 
 const { invalid, toStrataError } = require('./errors.js')
 const { isNil, isObject, isNonNegativeNumber, checkTags } = require('./checks.js')

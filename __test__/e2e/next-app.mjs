@@ -59,9 +59,15 @@ export function checkHandlerLoads({ env = {} } = {}) {
 }
 
 /** `next build` of the app (`dir`, default `appDir`); throws with the build output on failure. */
+/** The `next` an app runs with: its own when it has one in node_modules, else the repo's. */
+function nextBinFor(dir) {
+  const own = path.join(dir, 'node_modules/next/dist/bin/next')
+  return fs.existsSync(own) ? own : nextBin
+}
+
 export async function buildApp({ env = {}, dir = appDir } = {}) {
   const started = Date.now()
-  const child = spawn(process.execPath, [nextBin, 'build'], {
+  const child = spawn(process.execPath, [nextBinFor(dir), 'build'], {
     cwd: dir,
     env: childEnv(env),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -135,7 +141,7 @@ export async function startServer({
     throw new Error(`${dir} is not built: run the e2e tests through vitest (global-setup builds it) or \`next build\``)
   }
   port ??= await freePort(host)
-  const child = spawn(process.execPath, [nextBin, 'start', '-p', String(port), '-H', host], {
+  const child = spawn(process.execPath, [nextBinFor(dir), 'start', '-p', String(port), '-H', host], {
     cwd: dir,
     env: childEnv({ PORT: String(port), ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],

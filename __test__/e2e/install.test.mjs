@@ -1,0 +1,111 @@
+// Installing strata-cache as a user does: the npm tarballs of the main package and of this
+// platform's package (prebuilt binary, an optional dependency), into a fresh app outside the
+// repository, with no Rust toolchain on PATH; `next build`, `next start`, a cached response
+// served by our handler. Then the error a user sees on a platform with no binary (the platform
+// package hidden).
+//
+// next/react/react-dom are installed at the versions the repo tests, from npm's cache (the
+// repo's own `npm install` filled it: `--prefer-offline`); strata-cache only from the tarballs.
+import { execFileSync, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import { buildApp, childEnv, repoRoot, startServer } from './next-app.mjs'
+
+const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
+const platform = `${process.platform}-${process.arch}-gnu`
+const platformPkg = `strata-cache-${platform}`
+const addon = path.join(repoRoot, `strata-cache.${platform}.node`)
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-install-'))
+const app = path.join(work, 'app')
+/** PATH without any Rust toolchain: a user installing from npm has none. */
+const PATH = process.env.PATH.split(path.delimiter).filter((d) => !fs.existsSync(path.join(d, 'cargo')) && !d.includes('.cargo')).join(path.delimiter)
+const env = { PATH, STRATA_LOG: 'warn' }
+
+function npm(args, cwd) {
+  return execFileSync('npm', [...args, '--no-audit', '--no-fund', '--fetch-retries=0'], { cwd, encoding: 'utf8', env: childEnv(env) })
+}
+
+/** The version of `dep` the repo itself runs with. */
+function installedVersion(dep) {
+  return JSON.parse(fs.readFileSync(path.join(repoRoot, 'node_modules', dep, 'package.json'), 'utf8')).version
+}
+
+function write(file, text) {
+  fs.mkdirSync(path.dirname(path.join(app, file)), { recursive: true })
+  fs.writeFileSync(path.join(app, file), text)
+}
+
+let server
+beforeAll(async () => {
+  // The platform package: npm/<platform>/package.json + the binary the build made.
+  const plat = path.join(work, 'platform')
+  fs.mkdirSync(plat)
+  fs.copyFileSync(path.join(repoRoot, 'npm', platform, 'package.json'), path.join(plat, 'package.json'))
+  fs.copyFileSync(addon, path.join(plat, path.basename(addon)))
+  npm(['pack', '--pack-destination', work], plat)
+  npm(['pack', '--pack-destination', work], repoRoot)
+  const main = path.join(work, `strata-cache-${pkg.version}.tgz`)
+  const files = execFileSync('tar', ['tzf', main], { encoding: 'utf8' }).split('\n')
+  expect(files.filter((f) => f.endsWith('.node')), 'the main package ships no binary').toEqual([])
+
+  write('package.json', JSON.stringify({
+    name: 'installed-app',
+    private: true,
+    dependencies: {
+      next: installedVersion('next'),
+      react: installedVersion('react'),
+      'react-dom': installedVersion('react-dom'),
+      'strata-cache': `file:${main}`,
+      [platformPkg]: `file:${path.join(work, `${platformPkg}-${pkg.version}.tgz`)}`,
+    },
+  }))
+  npm(['install', '--prefer-offline'], app)
+  // The one-line configuration, imported as a user does.
+  write('next.config.mjs', `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({})\n`)
+  write('app/layout.js', `export default function Layout({ children }) { return <html><body>{children}</body></html> }\n`)
+  write('app/api/time/route.js', `export const revalidate = 3600\nexport async function GET() { return Response.json({ value: \`\${Date.now()}-\${Math.random()}\` }) }\n`)
+  write('app/api/stats/route.js', `import { connection } from 'next/server'\nimport { stats } from 'strata-cache'\nexport async function GET() { await connection(); return Response.json(stats()) }\n`)
+  const { ms } = await buildApp({ dir: app, env })
+  console.log(`[e2e install] next build of the installed app: ${(ms / 1000).toFixed(1)} s`)
+  server = await startServer({ dir: app, env, probePath: '/api/stats' })
+}, 180_000)
+
+afterAll(async () => {
+  await server?.stop()
+  fs.rmSync(work, { recursive: true, force: true })
+})
+
+describe('installed from the npm tarballs, no Rust toolchain', () => {
+  test('cargo is not on the PATH the app runs with', () => {
+    const which = spawnSync('sh', ['-c', 'command -v cargo'], { env: { PATH } })
+    expect(which.status).not.toBe(0)
+  })
+
+  test('the binary comes from the platform package, and our handler serves the cached route', async () => {
+    const resolved = execFileSync(process.execPath, ['-e', `console.log(require.resolve('${platformPkg}'))`], { cwd: app, encoding: 'utf8' }).trim()
+    expect(resolved).toContain(path.join('node_modules', platformPkg))
+    const first = await server.fetchPage('/api/time')
+    const second = await server.fetchPage('/api/time')
+    expect(second.headers['x-nextjs-cache']).toBe('HIT')
+    expect(second.text).toBe(first.text)
+    const stats = JSON.parse((await server.fetchPage('/api/stats')).text)
+    expect(stats.incrementalCalls.get).toBeGreaterThan(0)
+  })
+
+  test('without the platform package: a clear STRATA_NO_BINARY error naming it', () => {
+    const dir = path.join(app, 'node_modules', platformPkg)
+    fs.renameSync(dir, `${dir}.hidden`)
+    try {
+      const r = spawnSync(process.execPath, ['-e', `require('strata-cache')`], { cwd: app, encoding: 'utf8', env: childEnv(env) })
+      expect(r.status).not.toBe(0)
+      expect(r.stderr).toContain('STRATA_NO_BINARY')
+      expect(r.stderr).toContain(`no native binary for ${platform}`)
+      expect(r.stderr).toContain(platformPkg)
+    } finally {
+      fs.renameSync(`${dir}.hidden`, dir)
+    }
+  })
+})
