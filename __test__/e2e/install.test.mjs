@@ -1,17 +1,18 @@
 // Installing strata-cache as a user does: the npm tarballs of the main package and of this
 // platform's package (prebuilt binary, an optional dependency), into a fresh app outside the
-// repository, with no Rust toolchain on PATH; `next build`, `next start`, a cached response
-// served by our handler. Then the error a user sees on a platform with no binary (the platform
-// package hidden).
+// repository configured by `withStrataCache({ output: 'standalone' })`, with no Rust toolchain
+// on PATH; `next build`, `next start`, a cached response served by our handler; the standalone
+// output copied elsewhere (no node_modules but what Next traced) and run the same way. Then the
+// error a user sees on a platform with no binary (the platform package hidden).
 //
 // next/react/react-dom are installed at the versions the repo tests, from npm's cache (the
 // repo's own `npm install` filled it: `--prefer-offline`); strata-cache only from the tarballs.
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { buildApp, childEnv, repoRoot, startServer } from './next-app.mjs'
+import { buildApp, childEnv, freePort, repoRoot, startServer } from './next-app.mjs'
 
 const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
 const platform = `${process.platform}-${process.arch}-gnu`
@@ -64,7 +65,7 @@ beforeAll(async () => {
   }))
   npm(['install', '--prefer-offline'], app)
   // The one-line configuration, imported as a user does.
-  write('next.config.mjs', `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({})\n`)
+  write('next.config.mjs', `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({ output: 'standalone' })\n`)
   write('app/layout.js', `export default function Layout({ children }) { return <html><body>{children}</body></html> }\n`)
   write('app/api/time/route.js', `export const revalidate = 3600\nexport async function GET() { return Response.json({ value: \`\${Date.now()}-\${Math.random()}\` }) }\n`)
   write('app/api/stats/route.js', `import { connection } from 'next/server'\nimport { stats } from 'strata-cache'\nexport async function GET() { await connection(); return Response.json(stats()) }\n`)
@@ -93,6 +94,41 @@ describe('installed from the npm tarballs, no Rust toolchain', () => {
     expect(second.text).toBe(first.text)
     const stats = JSON.parse((await server.fetchPage('/api/stats')).text)
     expect(stats.incrementalCalls.get).toBeGreaterThan(0)
+  })
+
+  test("output: 'standalone' runs from a directory with no node_modules of its own, on our handler", async () => {
+    // What a Docker image copies: .next/standalone (with the traced node_modules), .next/static.
+    const standalone = path.join(work, 'standalone')
+    fs.cpSync(path.join(app, '.next/standalone'), standalone, { recursive: true, verbatimSymlinks: true })
+    expect(fs.existsSync(path.join(standalone, 'node_modules', platformPkg)), `${platformPkg} traced into the standalone output`).toBe(true)
+    const port = await freePort()
+    const proc = spawn(process.execPath, ['server.js'], {
+      cwd: standalone,
+      env: childEnv({ ...env, PORT: String(port), HOSTNAME: '127.0.0.1' }),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    try {
+      const url = `http://127.0.0.1:${port}`
+      const get = async (p) => {
+        const deadline = Date.now() + 20_000
+        for (;;) {
+          try {
+            const res = await fetch(url + p)
+            return { status: res.status, cache: res.headers.get('x-nextjs-cache'), text: await res.text() }
+          } catch (err) {
+            if (Date.now() > deadline) throw err
+            await new Promise((r) => setTimeout(r, 100))
+          }
+        }
+      }
+      const first = await get('/api/time')
+      const second = await get('/api/time')
+      expect([second.status, second.cache, second.text]).toEqual([200, 'HIT', first.text])
+      const stats = JSON.parse((await get('/api/stats')).text)
+      expect(stats.incrementalCalls.get, 'served by strata-cache').toBeGreaterThan(0)
+    } finally {
+      proc.kill('SIGKILL')
+    }
   })
 
   test('without the platform package: a clear STRATA_NO_BINARY error naming it', () => {
