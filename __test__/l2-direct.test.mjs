@@ -1,4 +1,4 @@
-// The event-loop read path (src/event_loop.rs): L2 GETs made on Node's own thread over a
+// The event-loop read path (src/uv/): L2 GETs made on Node's own thread over a
 // libuv-polled connection. Real redis-server processes, instances in separate Node processes.
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'

@@ -17,7 +17,7 @@
 //!
 //! What the `SAFETY` notes here rest on: every `&Env` handed to a function of this module is the
 //! environment of the JS call or callback running on this thread right now (napi-rs makes one
-//! per `#[napi]` call; `bridge.rs` and `event_loop.rs` make one for the environment whose
+//! per `#[napi]` call; `bridge.rs` and `uv/` make one for the environment whose
 //! callback is running), inside that call's handle scope; every [`RawValue`] was created in
 //! that environment during that scope. Out-pointers handed to napi are always locals.
 

@@ -2,13 +2,19 @@
 //!
 //! Only `#[napi]` exports, argument conversion, error mapping, the tokio runtime and the
 //! zero-copy hand-off of stored bytes to JS live here; every rule lives in the core.
+//!
+//! This file holds the exports and their conversions. Beside it: `uv/` (the L2 path on Node's
+//! event loop: libuv FFI, the connection and its request queue, settling), `bridge` (the way
+//! back from the runtime), `js_entry` (entries as JS objects), `config` (options and
+//! environment → [`Config`]), `clock` (Next's clock) and `panic` (no panic crosses into Node).
 
 mod bridge;
-mod event_loop;
+mod clock;
+mod config;
 mod js_entry;
 mod panic;
+mod uv;
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -17,11 +23,10 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 
 use strata_core::cache::{Cache, L2Write, SetReport, CLOCK_SYNC_INTERVAL};
-use strata_core::clock::{Clock, MonotonicClock, SharedClock, SystemClock};
-use strata_core::config::{redact_url, Config, Options};
+use strata_core::clock::SystemClock;
+use strata_core::config::{redact_url, Config};
 use strata_core::entry::EntryMeta;
 use strata_core::metrics::Metrics;
-use strata_core::namespace;
 use strata_core::store::{Lookup, SetOutcome};
 use strata_core::tags::Durations;
 
@@ -146,20 +151,6 @@ pub struct ResolvedConfig {
     pub applied: bool,
 }
 
-fn whole(name: &'static str, v: Option<f64>, allow_zero: bool) -> JsResult<Option<u64>> {
-    let min = if allow_zero { 0.0 } else { 1.0 };
-    match v {
-        None => Ok(None),
-        Some(x) if x.is_finite() && x >= min && x.fract() == 0.0 && x <= 9.0e15 => {
-            Ok(Some(x as u64))
-        }
-        Some(x) => Err(to_js(strata_core::Error::config(
-            name,
-            format!("expected a whole number ≥ {min}, got {x}"),
-        ))),
-    }
-}
-
 fn describe(g: &Global, applied: bool) -> ResolvedConfig {
     let c = &g.config;
     let l2 = g.cache.has_l2();
@@ -182,117 +173,6 @@ fn describe(g: &Global, applied: bool) -> ResolvedConfig {
         strict: c.strict,
         applied,
     }
-}
-
-/// Next's clock, `performance.timeOrigin + performance.now()`, as a [`MonotonicClock`]: read
-/// a few times between two `Instant`s, anchored at the midpoint of the tightest reading (error
-/// about half a µs once warm). `None` if `performance` is not there.
-fn next_clock(env: &Env) -> Option<MonotonicClock> {
-    use napi::sys;
-    use std::time::{Duration, Instant};
-    let raw = env.raw();
-    // SAFETY: `raw` is the environment of the JS call running on this thread (`env`, napi-rs'
-    // for this export); every value used was obtained from it just before, in this call's
-    // handle scope; the property names are NUL-terminated C string literals; `now_fn` is called
-    // with no arguments (a null argv with argc 0); out-pointers are locals.
-    unsafe {
-        let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
-        let mut global = std::ptr::null_mut();
-        ok(sys::napi_get_global(raw, &mut global))?;
-        let mut perf = std::ptr::null_mut();
-        ok(sys::napi_get_named_property(
-            raw,
-            global,
-            c"performance".as_ptr(),
-            &mut perf,
-        ))?;
-        let mut now_fn = std::ptr::null_mut();
-        ok(sys::napi_get_named_property(
-            raw,
-            perf,
-            c"now".as_ptr(),
-            &mut now_fn,
-        ))?;
-        let mut origin = std::ptr::null_mut();
-        ok(sys::napi_get_named_property(
-            raw,
-            perf,
-            c"timeOrigin".as_ptr(),
-            &mut origin,
-        ))?;
-        let mut origin_ms = 0.0;
-        ok(sys::napi_get_value_double(raw, origin, &mut origin_ms))?;
-        let mut best: Option<(Duration, Instant, f64)> = None;
-        for _ in 0..8 {
-            let before = Instant::now();
-            let mut now = std::ptr::null_mut();
-            ok(sys::napi_call_function(
-                raw,
-                perf,
-                now_fn,
-                0,
-                std::ptr::null(),
-                &mut now,
-            ))?;
-            let after = Instant::now();
-            let mut now_ms = 0.0;
-            ok(sys::napi_get_value_double(raw, now, &mut now_ms))?;
-            let window = after - before;
-            if best.is_none_or(|(w, _, _)| window < w) {
-                best = Some((window, before + window / 2, now_ms));
-            }
-        }
-        let (_, at, now_ms) = best?;
-        let ms = origin_ms + now_ms;
-        (ms.is_finite() && ms > 0.0).then(|| MonotonicClock::anchored(ms, at))
-    }
-}
-
-#[derive(Debug)]
-struct SkewedClock(SharedClock, f64);
-
-impl Clock for SkewedClock {
-    fn now_ms(&self) -> f64 {
-        self.0.now_ms() + self.1
-    }
-}
-
-/// The configuration as a server resolves it: code options over environment variables over
-/// defaults (one place, for `init` and `doctor`).
-fn resolve_config(o: &InitOptions) -> JsResult<Config> {
-    let code = Options {
-        l1_max_bytes: whole("l1MaxBytes", o.l1_max_bytes, false)?,
-        max_tags: whole("maxTags", o.max_tags, false)?,
-        redis_url: o.redis.clone(),
-        namespace: o.namespace.clone(),
-        max_ttl_seconds: whole("maxTtlSeconds", o.max_ttl_seconds, false)?,
-        redis_timeout_ms: whole("redisTimeoutMs", o.redis_timeout_ms, false)?,
-        l2_max_value_bytes: whole("l2MaxValueBytes", o.l2_max_value_bytes, false)?,
-        compress_min_bytes: whole("compressMinBytes", o.compress_min_bytes, true)?,
-        strict: o.strict,
-        cluster: o.cluster,
-        redis_ca_file: o.redis_ca_file.clone(),
-    };
-    let env = Options::from_env(|k| std::env::var(k).ok()).map_err(to_js)?;
-    code.or(env).resolve().map_err(to_js)
-}
-
-/// The namespace and where it came from (see `namespace::resolve`); `dist_dir` defaults to
-/// `<cwd>/.next`.
-fn resolve_namespace(
-    config: &Config,
-    dist_dir: Option<&str>,
-) -> strata_core::Result<(String, String)> {
-    let dist = dist_dir
-        .map(PathBuf::from)
-        .or_else(|| std::env::current_dir().ok().map(|d| d.join(".next")))
-        .unwrap_or_else(|| PathBuf::from(".next"));
-    let (ns, source) = namespace::resolve(
-        config.namespace.as_deref(),
-        |k| std::env::var(k).ok(),
-        &dist,
-    )?;
-    Ok((ns, source.to_string()))
 }
 
 /// One check of `doctor`.
@@ -320,7 +200,7 @@ pub struct DoctorReport {
 #[napi(js_name = "doctor")]
 pub async fn doctor(options: Option<InitOptions>) -> napi::Result<DoctorReport> {
     let o = options.unwrap_or_default();
-    let report = match resolve_config(&o) {
+    let report = match config::resolve_config(&o) {
         Err(e) => strata_core::doctor::Report {
             checks: vec![strata_core::doctor::Check {
                 name: "config",
@@ -329,7 +209,7 @@ pub async fn doctor(options: Option<InitOptions>) -> napi::Result<DoctorReport> 
             }],
         },
         Ok(config) => {
-            let namespace = resolve_namespace(&config, o.dist_dir.as_deref());
+            let namespace = config::resolve_namespace(&config, o.dist_dir.as_deref());
             panic::Contained::new(strata_core::doctor::run(
                 &config,
                 namespace,
@@ -359,7 +239,7 @@ pub async fn doctor(options: Option<InitOptions>) -> napi::Result<DoctorReport> 
 pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig, Code> {
     panic::guard(move || {
         let o = options.unwrap_or_default();
-        let mut config = resolve_config(&o)?;
+        let mut config = config::resolve_config(&o)?;
         if let Some(g) = GLOBAL.get() {
             return Ok(describe(g, g.requested == config));
         }
@@ -371,26 +251,11 @@ pub fn init(js_env: Env, options: Option<InitOptions>) -> Result<ResolvedConfig,
         }
         let namespace = match &config.redis_url {
             None => None,
-            Some(_) => Some(resolve_namespace(&config, o.dist_dir.as_deref()).map_err(to_js)?),
+            Some(_) => {
+                Some(config::resolve_namespace(&config, o.dist_dir.as_deref()).map_err(to_js)?)
+            }
         };
-        let skew = match o.clock_skew_ms {
-            Some(s) if s.is_finite() => s,
-            _ => std::env::var("STRATA_TEST_CLOCK_SKEW_MS")
-                .ok()
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| v.is_finite())
-                .unwrap_or(0.0),
-        };
-        // Next's clock, so tag stamps and entry timestamps are compared in one domain.
-        let base: SharedClock = match next_clock(&js_env) {
-            Some(clock) => Arc::new(clock),
-            None => Arc::new(SystemClock),
-        };
-        let clock: SharedClock = if skew == 0.0 {
-            base
-        } else {
-            Arc::new(SkewedClock(base, skew))
-        };
+        let clock = clock::process_clock(&js_env, o.clock_skew_ms);
         let cache = Cache::new(
             &config,
             clock,
@@ -455,7 +320,7 @@ pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
 /// With L2: `get(cacheKey, softTags)`. A fresh L1 hit is returned at once (same shape as
 /// `ucGet`); anything else (no L1 copy, or a stale or soft-tag-expired one that another instance
 /// may have regenerated) is a promise of the newer of the L1 and L2 copies, judged. The promise
-/// never rejects. The L2 read goes over the event loop when it can (`event_loop.rs`), else
+/// never rejects. The L2 read goes over the event loop when it can (`src/uv/`), else
 /// through the runtime and the environment's bridge (`bridge.rs`).
 #[napi(js_name = "ucGetL2")]
 pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
@@ -467,7 +332,7 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
             Lookup::Miss => {}
             hit => return js_entry::lookup_value(&env, hit),
         }
-        let (key, soft_tags) = match event_loop::try_get(&env, g, key, soft_tags)? {
+        let (key, soft_tags) = match uv::try_get(&env, g, key, soft_tags)? {
             Ok(promise) => return Ok(promise),
             Err(args) => args,
         };
@@ -516,9 +381,9 @@ pub fn uc_set_remote(
         panic::inject(panic::Place::Export);
         let g = global()?;
         let meta = meta_of(tags, stale, timestamp, expire, revalidate);
-        let (chunks, meta) = match event_loop::try_set(&env, g, &key, chunks, meta)? {
-            event_loop::SetTry::Taken(promise) => return Ok(promise),
-            event_loop::SetTry::NotTaken(chunks, meta) => (chunks, meta),
+        let (chunks, meta) = match uv::try_set(&env, g, &key, chunks, meta)? {
+            uv::SetTry::Taken(promise) => return Ok(promise),
+            uv::SetTry::NotTaken(chunks, meta) => (chunks, meta),
         };
         let fut = async move {
             let report = g.cache.set(&key, chunks.0, meta).await;
@@ -541,7 +406,7 @@ fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawVal
 pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
     panic::guard(move || {
         let g = global()?;
-        if let Some(promise) = event_loop::try_refresh(&env, g)? {
+        if let Some(promise) = uv::try_refresh(&env, g)? {
             return Ok(promise);
         }
         refresh_on_runtime(&env, g)
@@ -776,7 +641,7 @@ pub struct NativeL2Stats {
     pub breaker: String,
     /// Estimated `redis clock − local clock` (ms).
     pub clock_offset_ms: f64,
-    /// L2 reads made on Node's event loop (the direct path, see `event_loop.rs`).
+    /// L2 reads made on Node's event loop (the direct path, see `src/uv/`).
     pub direct_reads: f64,
     /// Direct connections made for them.
     pub direct_connects: f64,
@@ -819,10 +684,10 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
             }
             .to_owned(),
             clock_offset_ms: g.cache.store().clock().offset(),
-            direct_reads: event_loop::DIRECT_READS.load(Ordering::Relaxed) as f64,
-            direct_connects: event_loop::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
-            direct_refreshes: event_loop::DIRECT_REFRESHES.load(Ordering::Relaxed) as f64,
-            direct_writes: event_loop::DIRECT_WRITES.load(Ordering::Relaxed) as f64,
+            direct_reads: uv::DIRECT_READS.load(Ordering::Relaxed) as f64,
+            direct_connects: uv::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
+            direct_refreshes: uv::DIRECT_REFRESHES.load(Ordering::Relaxed) as f64,
+            direct_writes: uv::DIRECT_WRITES.load(Ordering::Relaxed) as f64,
         });
     Some(NativeStats {
         entries: s.entries as f64,

@@ -1,4 +1,4 @@
-//! A minimal RESP2 codec for the event-loop read path (`src/event_loop.rs`): command encoding and
+//! A minimal RESP2 codec for the event-loop read path (`src/uv/`): command encoding and
 //! an incremental reply reader that the caller feeds from a non-blocking socket.
 //!
 //! Why not the client library's parser: the event-loop path reads on Node's own thread, in the

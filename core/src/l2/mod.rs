@@ -44,39 +44,32 @@
 //! Passwords in URLs never reach an error message: URLs are shown through
 //! [`redact_url`], and any text from the client library is scrubbed of the credentials.
 
+mod keys;
+mod scripts;
+mod transport;
+
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
-use redis::{
-    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Script, ScriptInvocation,
-    ServerErrorKind, Value,
-};
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use redis::{RedisError, Value};
 
-use crate::breaker::{Breaker, BreakerConfig, Permit};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{redact_url, validate_namespace};
-use crate::envelope::Kind;
 use crate::error::{Error, Result};
 use crate::resp;
 use crate::tags::{Durations, TagState};
 
-static UPDATE_TAGS: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/update_tags.lua")));
-static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/refresh.lua")));
-static TIME: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/time.lua")));
+pub use keys::Keys;
+use scripts::{
+    parse_ms, parse_refresh, parse_state, strings, unexpected, REFRESH, TIME, UPDATE_TAGS,
+};
+use transport::{scrub, secrets_of, Request, Slot};
 
 /// Log entries read per `refresh` round trip; [`Refresh::Incremental::more`] says when to call
 /// again.
@@ -144,60 +137,6 @@ impl fmt::Debug for L2Config {
             .field("log_max_len", &self.log_max_len)
             .field("breaker", &self.breaker)
             .finish()
-    }
-}
-
-/// The Redis keys of one namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Keys {
-    namespace: String,
-    tags_prefix: String,
-}
-
-impl Keys {
-    /// The keys of `namespace` (not validated here; [`L2::new`] does).
-    pub fn new(namespace: &str) -> Self {
-        Keys {
-            namespace: namespace.to_owned(),
-            tags_prefix: format!("{{sc:{namespace}:tags}}:"),
-        }
-    }
-
-    /// The namespace.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    /// The key of the entry stored under `store_key`: `sc:<ns>:e:{<xxh3-128 hex>}` for a
-    /// `'use cache'` entry, `sc:<ns>:i:{…}` for an incremental-cache one ([`Kind::of_key`]).
-    pub fn entry(&self, store_key: &str) -> String {
-        let hash = xxhash_rust::xxh3::xxh3_128(store_key.as_bytes());
-        let kind = if Kind::of_key(store_key) == Kind::INCREMENTAL {
-            'i'
-        } else {
-            'e'
-        };
-        format!("sc:{}:{kind}:{{{hash:032x}}}", self.namespace)
-    }
-
-    /// The tag state HASH (tag → `"stale|expired|updated_at"`).
-    pub fn tag_state(&self) -> String {
-        format!("{}state", self.tags_prefix)
-    }
-
-    /// The pruning index ZSET (tag → last time the record can matter, ms).
-    pub fn tag_index(&self) -> String {
-        format!("{}idx", self.tags_prefix)
-    }
-
-    /// The invalidation log STREAM.
-    pub fn tag_log(&self) -> String {
-        format!("{}log", self.tags_prefix)
-    }
-
-    /// The epoch STRING (identity of the tag state).
-    pub fn epoch(&self) -> String {
-        format!("{}epoch", self.tags_prefix)
     }
 }
 
@@ -269,7 +208,7 @@ impl fmt::Debug for L2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("L2")
             .field("targets", &self.inner.targets)
-            .field("namespace", &self.inner.keys.namespace)
+            .field("namespace", &self.inner.keys.namespace())
             .field("breaker", &self.inner.breaker.state())
             .finish()
     }
@@ -296,153 +235,6 @@ struct Inner {
 enum Backend {
     Single(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
-}
-
-/// A connection to a single server or a cluster; cheap to clone (all are handles).
-#[derive(Clone)]
-enum Conn {
-    /// A single server over plain TCP, read through a [`resp::FrameGuard`]; the driver task is
-    /// aborted when the last handle goes.
-    Plain {
-        conn: MultiplexedConnection,
-        _driver: Arc<AbortOnDrop>,
-    },
-    /// A single server over TLS or a Unix socket.
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-/// Aborts a connection's driver task (its reader and writer) when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A stream whose incoming bytes pass a [`resp::FrameGuard`]: a reply announcing a string
-/// longer than the bound fails the read (the client library reports an I/O error, the
-/// connection is dropped) instead of being buffered whole.
-struct Guarded<S> {
-    inner: S,
-    guard: resp::FrameGuard,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(
-                this.guard
-                    .observe(&buf.filled()[before..])
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            ),
-            other => other,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Plain { conn: c, .. } => c.req_packed_command(cmd),
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Plain { conn: c, .. } => c.req_packed_commands(pipeline, offset, count),
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Plain { conn: c, .. } => c.get_db(),
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-type ConnectOutcome = Option<RedisResult<Conn>>;
-
-/// The lazily made connection. Each connection attempt and each connection has a generation,
-/// so a failure reported on an old connection never drops a newer one.
-enum Slot {
-    Empty,
-    Connecting {
-        generation: u64,
-        rx: watch::Receiver<ConnectOutcome>,
-    },
-    Ready {
-        generation: u64,
-        conn: Conn,
-    },
-}
-
-/// One request to Redis.
-enum Request {
-    Cmd(Cmd),
-    Script(ScriptInvocation<'static>),
-}
-
-/// What a failed call means for the breaker and the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Redis answered (possibly with an error): it is up.
-    Answered,
-    /// No answer in time, or the connection failed: trips the breaker, and the next call
-    /// connects anew. A connection with a reply overdue cannot be trusted to be in step any
-    /// more: a server (or proxy) that swallowed replies would pair every later reply with the
-    /// wrong request, and one streaming a huge reply would keep it buffering. Dropping it
-    /// aborts its reader (redis-rs aborts a connection's driver with its last handle), so what
-    /// a misbehaving server can make us buffer is bounded by what arrives within one deadline.
-    Failed,
 }
 
 /// A single Redis server reachable over plain TCP with RESP2 (see [`L2::direct_target`]).
@@ -568,7 +360,7 @@ impl L2 {
         self.inner.op_timeout
     }
 
-    /// Where a direct connection (the event-loop read path, `src/event_loop.rs`) can go: a
+    /// Where a direct connection (the event-loop read path, `src/uv/`) can go: a
     /// single server over plain TCP speaking RESP2. `None` for a cluster, a Unix socket, TLS or
     /// RESP3: those reads stay on the runtime.
     pub fn direct_target(&self) -> Option<DirectTarget> {
@@ -618,68 +410,6 @@ impl L2 {
                 Err(self.inner.timeout("connect"))
             }
         }
-    }
-
-    async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let unavailable = |e: std::io::Error| {
-            Error::Unavailable(scrub(
-                &format!("{}: {e}", self.inner.targets),
-                &self.inner.secrets,
-            ))
-        };
-        let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(unavailable)?;
-        stream.set_nodelay(true).map_err(unavailable)?;
-        let mut out = Vec::new();
-        let mut expected = 0;
-        match (&target.username, &target.password) {
-            (Some(user), Some(pass)) => {
-                resp::encode_command(&mut out, &[b"AUTH", user.as_bytes(), pass.as_bytes()]);
-                expected += 1;
-            }
-            (None, Some(pass)) => {
-                resp::encode_command(&mut out, &[b"AUTH", pass.as_bytes()]);
-                expected += 1;
-            }
-            _ => {}
-        }
-        if target.db != 0 {
-            resp::encode_command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
-            expected += 1;
-        }
-        if expected > 0 {
-            stream.write_all(&out).await.map_err(unavailable)?;
-            let mut reader = resp::Reader::new();
-            let mut chunk = [0u8; 512];
-            while expected > 0 {
-                match reader.next_reply() {
-                    Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
-                    Ok(Some(resp::Reply::Error(e))) => {
-                        return Err(Error::Redis(scrub(&e, &self.inner.secrets)));
-                    }
-                    Ok(Some(_)) | Err(_) => {
-                        return Err(Error::Unavailable(format!(
-                            "{}: unexpected reply during the handshake",
-                            self.inner.targets
-                        )));
-                    }
-                    Ok(None) => {
-                        let n = stream.read(&mut chunk).await.map_err(unavailable)?;
-                        if n == 0 {
-                            return Err(Error::Unavailable(format!(
-                                "{}: connection closed during the handshake",
-                                self.inner.targets
-                            )));
-                        }
-                        reader.feed(&chunk[..n]);
-                    }
-                }
-            }
-        }
-        // `into_std` deregisters the socket from the runtime and leaves it non-blocking.
-        stream.into_std().map_err(unavailable)
     }
 
     /// The raw stored bytes (an envelope) of Next key `key`, or `None`.
@@ -955,15 +685,7 @@ impl L2 {
     /// Loads the Lua scripts (`SCRIPT LOAD`) and checks Redis hashes them as this build does:
     /// the scripts the request path runs with `EVALSHA` are usable (for `doctor`).
     pub async fn load_scripts(&self) -> Result<()> {
-        for (name, script, source) in [
-            (
-                "update_tags",
-                &*UPDATE_TAGS,
-                include_str!("lua/update_tags.lua"),
-            ),
-            ("refresh", &*REFRESH, include_str!("lua/refresh.lua")),
-            ("time", &*TIME, include_str!("lua/time.lua")),
-        ] {
+        for (name, script, source) in scripts::all() {
             let mut cmd = redis::cmd("SCRIPT");
             cmd.arg("LOAD").arg(source);
             let sha = match self.call("script_load", Request::Cmd(cmd)).await? {
@@ -980,395 +702,6 @@ impl L2 {
         }
         Ok(())
     }
-
-    /// One Redis call: breaker, deadline, connection, error mapping.
-    async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::Internal(format!(
-                "{op}: the Redis L2 must be used inside a tokio runtime"
-            )));
-        }
-        let Some(permit) = self.inner.breaker.try_acquire() else {
-            return Err(Error::Unavailable("circuit open".to_owned()));
-        };
-        let mut used = None;
-        let attempt = async {
-            let (generation, mut conn) = self.inner.connection().await?;
-            used = Some(generation);
-            match &req {
-                Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
-                Request::Script(inv) => inv.invoke_async::<Value>(&mut conn).await,
-            }
-        };
-        let outcome = tokio::time::timeout(self.inner.op_timeout, attempt).await;
-        match outcome {
-            Ok(Ok(value)) => {
-                permit.success();
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                let (error, verdict) = self.inner.classify(op, &e);
-                self.inner.report(permit, verdict, used);
-                Err(error)
-            }
-            Err(_elapsed) => {
-                self.inner.report(permit, Verdict::Failed, used);
-                Err(self.inner.timeout(op))
-            }
-        }
-    }
-}
-
-impl Inner {
-    fn timeout(&self, op: &'static str) -> Error {
-        Error::Timeout {
-            op,
-            ms: u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-
-    fn report(&self, permit: Permit, verdict: Verdict, generation: Option<u64>) {
-        match verdict {
-            Verdict::Answered => permit.success(),
-            Verdict::Failed => {
-                if let Some(generation) = generation {
-                    self.forget(generation);
-                }
-                permit.failure();
-            }
-        }
-    }
-
-    fn classify(&self, op: &'static str, e: &RedisError) -> (Error, Verdict) {
-        if e.is_timeout() {
-            return (self.timeout(op), Verdict::Failed);
-        }
-        let message = || format!("{op}: {}", scrub(&e.to_string(), &self.secrets));
-        match e.kind() {
-            ErrorKind::Io
-            // The stream is not RESP (a broken proxy, garbage): nothing after it can be trusted.
-            | ErrorKind::Parse
-            | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::AuthenticationFailed
-            // A single-server connection still pointing at a primary that was demoted by a
-            // failover: the connection manager does not reconnect for this, so we do.
-            | ErrorKind::Server(ServerErrorKind::ReadOnly) => {
-                (Error::Unavailable(message()), Verdict::Failed)
-            }
-            // Answers, but Redis cannot serve right now.
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::TryAgain,
-            ) => (Error::Unavailable(message()), Verdict::Answered),
-            _ => (Error::Redis(message()), Verdict::Answered),
-        }
-    }
-
-    /// The connection, made on first use (see the module docs).
-    async fn connection(self: &Arc<Self>) -> RedisResult<(u64, Conn)> {
-        let (generation, mut rx) = {
-            let mut slot = self.slot.lock();
-            match &*slot {
-                Slot::Ready { generation, conn } => return Ok((*generation, conn.clone())),
-                Slot::Connecting { generation, rx } => (*generation, rx.clone()),
-                Slot::Empty => {
-                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                        // `call` checks first; kept so this never panics.
-                        return Err(RedisError::from((
-                            ErrorKind::InvalidClientConfig,
-                            "used outside a tokio runtime",
-                        )));
-                    };
-                    let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                    let (tx, rx) = watch::channel(None);
-                    *slot = Slot::Connecting {
-                        generation,
-                        rx: rx.clone(),
-                    };
-                    runtime.spawn(Arc::clone(self).connect(generation, tx));
-                    (generation, rx)
-                }
-            }
-        };
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(done) => done.clone(),
-            Err(_) => None,
-        };
-        match outcome {
-            Some(result) => result.map(|conn| (generation, conn)),
-            None => Err(RedisError::from((
-                ErrorKind::Io,
-                "the connection attempt was abandoned",
-            ))),
-        }
-    }
-
-    /// Makes connection `generation` and publishes the outcome. Runs as its own task, so it
-    /// progresses while callers give up at their deadline.
-    async fn connect(self: Arc<Self>, generation: u64, tx: watch::Sender<ConnectOutcome>) {
-        /// Clears the slot if the task ends without publishing (runtime shutting down), so the
-        /// next call tries again instead of waiting for an attempt that will never finish.
-        struct Abandoned<'a>(&'a Inner, u64, bool);
-        impl Drop for Abandoned<'_> {
-            fn drop(&mut self) {
-                if self.2 {
-                    let mut slot = self.0.slot.lock();
-                    if matches!(&*slot, Slot::Connecting { generation, .. } if *generation == self.1)
-                    {
-                        *slot = Slot::Empty;
-                    }
-                }
-            }
-        }
-        let mut guard = Abandoned(&self, generation, true);
-        // The cluster client may try several seeds and then read the slot map.
-        let deadline = self.connect_timeout + self.op_timeout;
-        let result = match tokio::time::timeout(deadline, self.open()).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))),
-        };
-        {
-            let mut slot = self.slot.lock();
-            if matches!(&*slot, Slot::Connecting { generation: g, .. } if *g == generation) {
-                *slot = match &result {
-                    Ok(conn) => Slot::Ready {
-                        generation,
-                        conn: conn.clone(),
-                    },
-                    Err(_) => Slot::Empty,
-                };
-            }
-        }
-        guard.2 = false;
-        drop(guard);
-        tx.send_replace(Some(result));
-    }
-
-    async fn open(&self) -> RedisResult<Conn> {
-        match &self.backend {
-            Backend::Single(client) => {
-                let info = client.get_connection_info();
-                if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
-                    return self.open_plain(host, *port, info.redis_settings()).await;
-                }
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.op_timeout))
-                    // One attempt per connect: a failure goes back to the caller (and the
-                    // breaker) instead of being retried with back-off inside a request.
-                    .set_number_of_retries(0);
-                ConnectionManager::new_with_config(client.as_ref().clone(), config)
-                    .await
-                    .map(Conn::Single)
-            }
-            Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-        }
-    }
-
-    /// A connection to a single server over plain TCP whose replies pass a [`resp::FrameGuard`]
-    /// (redis-rs buffers a reply whole before it parses it; nothing bounds that but this).
-    /// Reconnecting is ours (see [`Inner::forget`]), so no connection manager is needed.
-    async fn open_plain(
-        &self,
-        host: &str,
-        port: u16,
-        settings: &redis::RedisConnectionInfo,
-    ) -> RedisResult<Conn> {
-        let stream = tokio::net::TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
-        let guarded = Guarded {
-            inner: stream,
-            guard: resp::FrameGuard::new(self.max_reply_bytes),
-        };
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.op_timeout));
-        let (conn, driver) =
-            MultiplexedConnection::new_with_config(settings, guarded, config).await?;
-        let driver = Arc::new(AbortOnDrop(tokio::spawn(driver)));
-        Ok(Conn::Plain {
-            conn,
-            _driver: driver,
-        })
-    }
-
-    /// Drops connection `generation` after it failed, so the next call connects anew.
-    fn forget(&self, generation: u64) {
-        let mut slot = self.slot.lock();
-        if matches!(&*slot, Slot::Ready { generation: g, .. } if *g == generation) {
-            *slot = Slot::Empty;
-        }
-    }
-}
-
-/// The credentials in `urls` as they may appear in text: `user:password`, the password alone,
-/// raw and percent-decoded.
-fn secrets_of(urls: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    for url in urls {
-        let Some(scheme_end) = url.find("://") else {
-            continue;
-        };
-        let rest = &url[scheme_end + 3..];
-        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
-        let Some(at) = authority.rfind('@') else {
-            continue;
-        };
-        let userinfo = &authority[..at];
-        let mut candidates = vec![userinfo.to_owned()];
-        if let Some((_, password)) = userinfo.split_once(':') {
-            candidates.push(password.to_owned());
-        }
-        for c in candidates {
-            let decoded = percent_decode(&c);
-            for s in [c, decoded] {
-                if !s.is_empty() && !out.contains(&s) {
-                    out.push(s);
-                }
-            }
-        }
-    }
-    // Longest first, so `user:password` is replaced before `password`.
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(h * 16 + l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
-    for s in secrets {
-        if text.contains(s.as_str()) {
-            text = text.replace(s.as_str(), "***");
-        }
-    }
-    text
-}
-
-fn unexpected(what: &str, v: &Value) -> Error {
-    let shape = match v {
-        Value::Nil => "nil",
-        Value::Int(_) => "an integer",
-        Value::BulkString(_) => "a bulk string",
-        Value::Array(_) => "an array",
-        Value::SimpleString(_) => "a status",
-        Value::Okay => "OK",
-        _ => "another type",
-    };
-    Error::Redis(format!("{what}: unexpected reply ({shape})"))
-}
-
-/// A script's reply: a flat array of strings.
-/// The reply of `lua/refresh.lua`.
-fn parse_refresh(reply: Value) -> Result<Refresh> {
-    let mut items = strings(reply, "refresh")?.into_iter();
-    let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
-        (items.next(), items.next(), items.next(), items.next())
-    else {
-        return Err(Error::Redis("refresh: short reply".to_owned()));
-    };
-    let rest: Vec<String> = items.collect();
-    let fields = rest.chunks_exact(2);
-    if !fields.remainder().is_empty() {
-        return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
-    }
-    let pairs = fields
-        .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
-        .collect::<Result<Vec<_>>>()?;
-    let cursor = if epoch.is_empty() {
-        LogCursor::default()
-    } else {
-        LogCursor { epoch, last_id }
-    };
-    let flag = flag == "1";
-    match kind.as_str() {
-        "I" => Ok(Refresh::Incremental {
-            cursor,
-            changes: pairs,
-            more: flag,
-        }),
-        "R" => Ok(Refresh::Resync {
-            cursor,
-            all: pairs,
-            data_lost: flag,
-        }),
-        other => Err(Error::Redis(format!(
-            "refresh: unknown reply kind {other:?}"
-        ))),
-    }
-}
-
-fn strings(v: Value, what: &str) -> Result<Vec<String>> {
-    let Value::Array(items) = v else {
-        return Err(unexpected(what, &v));
-    };
-    items
-        .into_iter()
-        .map(|item| match item {
-            Value::BulkString(b) => String::from_utf8(b)
-                .map_err(|_| Error::Redis(format!("{what}: reply is not UTF-8"))),
-            Value::SimpleString(s) => Ok(s),
-            Value::Int(i) => Ok(i.to_string()),
-            other => Err(unexpected(what, &other)),
-        })
-        .collect()
-}
-
-fn parse_ms(s: &str) -> Result<f64> {
-    match s.parse::<f64>() {
-        Ok(v) if crate::clock::is_valid_timestamp_ms(v) => Ok(v),
-        _ => Err(Error::Redis(format!("malformed time {s:?}"))),
-    }
-}
-
-/// `"stale|expired|updated_at"`, empty = none.
-fn parse_state(s: &str) -> Result<TagState> {
-    let mut parts = s.split('|');
-    let (Some(stale), Some(expired), Some(updated), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Error::Redis(format!("malformed tag state {s:?}")));
-    };
-    let opt = |p: &str| -> Result<Option<f64>> {
-        if p.is_empty() {
-            Ok(None)
-        } else {
-            parse_ms(p).map(Some)
-        }
-    };
-    Ok(TagState {
-        stale: opt(stale)?,
-        expired: opt(expired)?,
-        updated_at: parse_ms(updated)?,
-    })
 }
 
 #[cfg(test)]
@@ -1427,28 +760,6 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_cluster_safe() {
-        let k = Keys::new("ns");
-        let e = k.entry("/blog/1");
-        assert!(e.starts_with("sc:ns:e:{") && e.ends_with('}'), "{e}");
-        assert_eq!(e.len(), "sc:ns:e:{}".len() + 32);
-        assert_ne!(e, k.entry("/blog/2"));
-        assert_eq!(e, Keys::new("ns").entry("/blog/1"));
-        // Incremental-cache entries live apart from 'use cache' ones, same hash-tag rule.
-        let i = k.entry(&format!(
-            "{}/blog/1",
-            crate::envelope::INCREMENTAL_KEY_PREFIX
-        ));
-        assert!(i.starts_with("sc:ns:i:{") && i.ends_with('}'), "{i}");
-        assert_eq!(i.len(), e.len());
-        for key in [k.tag_state(), k.tag_index(), k.tag_log(), k.epoch()] {
-            assert!(key.starts_with("{sc:ns:tags}:"), "{key}");
-        }
-        assert_eq!(k.tag_state(), "{sc:ns:tags}:state");
-        assert_ne!(Keys::new("other").tag_state(), k.tag_state());
-    }
-
-    #[test]
     fn new_does_no_io_and_validates() {
         // Nothing listens here; `new` must succeed anyway (lazy connection).
         assert!(L2::new(cfg(&["redis://127.0.0.1:1"])).is_ok());
@@ -1471,18 +782,6 @@ mod tests {
         assert!(!format!("{l2:?}").contains("hunter2"));
         let secrets = secrets_of(&["redis://u:p%40ss@h:1".to_owned()]);
         assert_eq!(scrub("x u:p%40ss y p@ss z", &secrets), "x *** y *** z");
-    }
-
-    #[test]
-    fn state_strings_round_trip() {
-        let s = parse_state("1795357925414.6108||1795357925414.6108").unwrap();
-        assert_eq!(s.stale, Some(1_795_357_925_414.610_8));
-        assert_eq!(s.expired, None);
-        assert_eq!(s.updated_at, 1_795_357_925_414.610_8);
-        assert!(parse_state("1|2").is_err());
-        assert!(parse_state("1|2|3|4").is_err());
-        assert!(parse_state("x||1").is_err());
-        assert!(parse_state("||").is_err());
     }
 
     #[tokio::test]

@@ -1,0 +1,144 @@
+//! The Lua scripts the L2 runs (`lua/*.lua`, with `EVALSHA` through [`redis::Script`]) and the
+//! parsing of their replies.
+
+use std::sync::LazyLock;
+
+use redis::{Script, Value};
+
+use super::{LogCursor, Refresh};
+use crate::error::{Error, Result};
+use crate::tags::TagState;
+
+const UPDATE_TAGS_SOURCE: &str = include_str!("lua/update_tags.lua");
+const REFRESH_SOURCE: &str = include_str!("lua/refresh.lua");
+const TIME_SOURCE: &str = include_str!("lua/time.lua");
+
+pub(super) static UPDATE_TAGS: LazyLock<Script> = LazyLock::new(|| Script::new(UPDATE_TAGS_SOURCE));
+pub(super) static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(REFRESH_SOURCE));
+pub(super) static TIME: LazyLock<Script> = LazyLock::new(|| Script::new(TIME_SOURCE));
+
+/// Every script: its name, the [`Script`] the request path runs, and its source (for
+/// `SCRIPT LOAD`).
+pub(super) fn all() -> [(&'static str, &'static Script, &'static str); 3] {
+    [
+        ("update_tags", &*UPDATE_TAGS, UPDATE_TAGS_SOURCE),
+        ("refresh", &*REFRESH, REFRESH_SOURCE),
+        ("time", &*TIME, TIME_SOURCE),
+    ]
+}
+
+pub(super) fn unexpected(what: &str, v: &Value) -> Error {
+    let shape = match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a bulk string",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) => "a status",
+        Value::Okay => "OK",
+        _ => "another type",
+    };
+    Error::Redis(format!("{what}: unexpected reply ({shape})"))
+}
+
+/// The reply of `lua/refresh.lua`.
+pub(super) fn parse_refresh(reply: Value) -> Result<Refresh> {
+    let mut items = strings(reply, "refresh")?.into_iter();
+    let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
+        (items.next(), items.next(), items.next(), items.next())
+    else {
+        return Err(Error::Redis("refresh: short reply".to_owned()));
+    };
+    let rest: Vec<String> = items.collect();
+    let fields = rest.chunks_exact(2);
+    if !fields.remainder().is_empty() {
+        return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+    }
+    let pairs = fields
+        .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
+        .collect::<Result<Vec<_>>>()?;
+    let cursor = if epoch.is_empty() {
+        LogCursor::default()
+    } else {
+        LogCursor { epoch, last_id }
+    };
+    let flag = flag == "1";
+    match kind.as_str() {
+        "I" => Ok(Refresh::Incremental {
+            cursor,
+            changes: pairs,
+            more: flag,
+        }),
+        "R" => Ok(Refresh::Resync {
+            cursor,
+            all: pairs,
+            data_lost: flag,
+        }),
+        other => Err(Error::Redis(format!(
+            "refresh: unknown reply kind {other:?}"
+        ))),
+    }
+}
+
+/// A script's reply: a flat array of strings.
+pub(super) fn strings(v: Value, what: &str) -> Result<Vec<String>> {
+    let Value::Array(items) = v else {
+        return Err(unexpected(what, &v));
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::BulkString(b) => String::from_utf8(b)
+                .map_err(|_| Error::Redis(format!("{what}: reply is not UTF-8"))),
+            Value::SimpleString(s) => Ok(s),
+            Value::Int(i) => Ok(i.to_string()),
+            other => Err(unexpected(what, &other)),
+        })
+        .collect()
+}
+
+pub(super) fn parse_ms(s: &str) -> Result<f64> {
+    match s.parse::<f64>() {
+        Ok(v) if crate::clock::is_valid_timestamp_ms(v) => Ok(v),
+        _ => Err(Error::Redis(format!("malformed time {s:?}"))),
+    }
+}
+
+/// `"stale|expired|updated_at"`, empty = none.
+pub(super) fn parse_state(s: &str) -> Result<TagState> {
+    let mut parts = s.split('|');
+    let (Some(stale), Some(expired), Some(updated), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Redis(format!("malformed tag state {s:?}")));
+    };
+    let opt = |p: &str| -> Result<Option<f64>> {
+        if p.is_empty() {
+            Ok(None)
+        } else {
+            parse_ms(p).map(Some)
+        }
+    };
+    Ok(TagState {
+        stale: opt(stale)?,
+        expired: opt(expired)?,
+        updated_at: parse_ms(updated)?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_strings_round_trip() {
+        let s = parse_state("1795357925414.6108||1795357925414.6108").unwrap();
+        assert_eq!(s.stale, Some(1_795_357_925_414.610_8));
+        assert_eq!(s.expired, None);
+        assert_eq!(s.updated_at, 1_795_357_925_414.610_8);
+        assert!(parse_state("1|2").is_err());
+        assert!(parse_state("1|2|3|4").is_err());
+        assert!(parse_state("x||1").is_err());
+        assert!(parse_state("||").is_err());
+    }
+}

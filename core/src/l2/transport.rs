@@ -1,0 +1,526 @@
+//! The tokio transport: the redis-rs connection (made lazily, dropped after a failure), every
+//! call's breaker gate, deadline and error mapping, and the handshake of a direct connection.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation,
+    ServerErrorKind, Value,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+use super::{Backend, DirectTarget, Inner, L2};
+use crate::breaker::Permit;
+use crate::error::{Error, Result};
+use crate::resp;
+
+/// A connection to a single server or a cluster; cheap to clone (all are handles).
+#[derive(Clone)]
+pub(super) enum Conn {
+    /// A single server over plain TCP, read through a [`resp::FrameGuard`]; the driver task is
+    /// aborted when the last handle goes.
+    Plain {
+        conn: MultiplexedConnection,
+        _driver: Arc<AbortOnDrop>,
+    },
+    /// A single server over TLS or a Unix socket.
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Aborts a connection's driver task (its reader and writer) when dropped.
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A stream whose incoming bytes pass a [`resp::FrameGuard`]: a reply announcing a string
+/// longer than the bound fails the read (the client library reports an I/O error, the
+/// connection is dropped) instead of being buffered whole.
+struct Guarded<S> {
+    inner: S,
+    guard: resp::FrameGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(
+                this.guard
+                    .observe(&buf.filled()[before..])
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            ),
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Plain { conn: c, .. } => c.req_packed_command(cmd),
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Plain { conn: c, .. } => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Plain { conn: c, .. } => c.get_db(),
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+pub(super) type ConnectOutcome = Option<RedisResult<Conn>>;
+
+/// The lazily made connection. Each connection attempt and each connection has a generation,
+/// so a failure reported on an old connection never drops a newer one.
+pub(super) enum Slot {
+    Empty,
+    Connecting {
+        generation: u64,
+        rx: watch::Receiver<ConnectOutcome>,
+    },
+    Ready {
+        generation: u64,
+        conn: Conn,
+    },
+}
+
+/// One request to Redis.
+pub(super) enum Request {
+    Cmd(Cmd),
+    Script(ScriptInvocation<'static>),
+}
+
+/// What a failed call means for the breaker and the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Redis answered (possibly with an error): it is up.
+    Answered,
+    /// No answer in time, or the connection failed: trips the breaker, and the next call
+    /// connects anew. A connection with a reply overdue cannot be trusted to be in step any
+    /// more: a server (or proxy) that swallowed replies would pair every later reply with the
+    /// wrong request, and one streaming a huge reply would keep it buffering. Dropping it
+    /// aborts its reader (redis-rs aborts a connection's driver with its last handle), so what
+    /// a misbehaving server can make us buffer is bounded by what arrives within one deadline.
+    Failed,
+}
+
+impl L2 {
+    /// The connect, `AUTH` and `SELECT` of [`L2::open_direct`], within no deadline of its own.
+    pub(super) async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let unavailable = |e: std::io::Error| {
+            Error::Unavailable(scrub(
+                &format!("{}: {e}", self.inner.targets),
+                &self.inner.secrets,
+            ))
+        };
+        let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(unavailable)?;
+        stream.set_nodelay(true).map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut expected = 0;
+        match (&target.username, &target.password) {
+            (Some(user), Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+                expected += 1;
+            }
+            (None, Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", pass.as_bytes()]);
+                expected += 1;
+            }
+            _ => {}
+        }
+        if target.db != 0 {
+            resp::encode_command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
+            expected += 1;
+        }
+        if expected > 0 {
+            stream.write_all(&out).await.map_err(unavailable)?;
+            let mut reader = resp::Reader::new();
+            let mut chunk = [0u8; 512];
+            while expected > 0 {
+                match reader.next_reply() {
+                    Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
+                    Ok(Some(resp::Reply::Error(e))) => {
+                        return Err(Error::Redis(scrub(&e, &self.inner.secrets)));
+                    }
+                    Ok(Some(_)) | Err(_) => {
+                        return Err(Error::Unavailable(format!(
+                            "{}: unexpected reply during the handshake",
+                            self.inner.targets
+                        )));
+                    }
+                    Ok(None) => {
+                        let n = stream.read(&mut chunk).await.map_err(unavailable)?;
+                        if n == 0 {
+                            return Err(Error::Unavailable(format!(
+                                "{}: connection closed during the handshake",
+                                self.inner.targets
+                            )));
+                        }
+                        reader.feed(&chunk[..n]);
+                    }
+                }
+            }
+        }
+        // `into_std` deregisters the socket from the runtime and leaves it non-blocking.
+        stream.into_std().map_err(unavailable)
+    }
+
+    /// One Redis call: breaker, deadline, connection, error mapping.
+    pub(super) async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Internal(format!(
+                "{op}: the Redis L2 must be used inside a tokio runtime"
+            )));
+        }
+        let Some(permit) = self.inner.breaker.try_acquire() else {
+            return Err(Error::Unavailable("circuit open".to_owned()));
+        };
+        let mut used = None;
+        let attempt = async {
+            let (generation, mut conn) = self.inner.connection().await?;
+            used = Some(generation);
+            match &req {
+                Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
+                Request::Script(inv) => inv.invoke_async::<Value>(&mut conn).await,
+            }
+        };
+        let outcome = tokio::time::timeout(self.inner.op_timeout, attempt).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                permit.success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                let (error, verdict) = self.inner.classify(op, &e);
+                self.inner.report(permit, verdict, used);
+                Err(error)
+            }
+            Err(_elapsed) => {
+                self.inner.report(permit, Verdict::Failed, used);
+                Err(self.inner.timeout(op))
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(super) fn timeout(&self, op: &'static str) -> Error {
+        Error::Timeout {
+            op,
+            ms: u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn report(&self, permit: Permit, verdict: Verdict, generation: Option<u64>) {
+        match verdict {
+            Verdict::Answered => permit.success(),
+            Verdict::Failed => {
+                if let Some(generation) = generation {
+                    self.forget(generation);
+                }
+                permit.failure();
+            }
+        }
+    }
+
+    fn classify(&self, op: &'static str, e: &RedisError) -> (Error, Verdict) {
+        if e.is_timeout() {
+            return (self.timeout(op), Verdict::Failed);
+        }
+        let message = || format!("{op}: {}", scrub(&e.to_string(), &self.secrets));
+        match e.kind() {
+            ErrorKind::Io
+            // The stream is not RESP (a broken proxy, garbage): nothing after it can be trusted.
+            | ErrorKind::Parse
+            | ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::AuthenticationFailed
+            // A single-server connection still pointing at a primary that was demoted by a
+            // failover: the connection manager does not reconnect for this, so we do.
+            | ErrorKind::Server(ServerErrorKind::ReadOnly) => {
+                (Error::Unavailable(message()), Verdict::Failed)
+            }
+            // Answers, but Redis cannot serve right now.
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::TryAgain,
+            ) => (Error::Unavailable(message()), Verdict::Answered),
+            _ => (Error::Redis(message()), Verdict::Answered),
+        }
+    }
+
+    /// The connection, made on first use (see the module docs).
+    async fn connection(self: &Arc<Self>) -> RedisResult<(u64, Conn)> {
+        let (generation, mut rx) = {
+            let mut slot = self.slot.lock();
+            match &*slot {
+                Slot::Ready { generation, conn } => return Ok((*generation, conn.clone())),
+                Slot::Connecting { generation, rx } => (*generation, rx.clone()),
+                Slot::Empty => {
+                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                        // `call` checks first; kept so this never panics.
+                        return Err(RedisError::from((
+                            ErrorKind::InvalidClientConfig,
+                            "used outside a tokio runtime",
+                        )));
+                    };
+                    let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    let (tx, rx) = watch::channel(None);
+                    *slot = Slot::Connecting {
+                        generation,
+                        rx: rx.clone(),
+                    };
+                    runtime.spawn(Arc::clone(self).connect(generation, tx));
+                    (generation, rx)
+                }
+            }
+        };
+        let outcome = match rx.wait_for(Option::is_some).await {
+            Ok(done) => done.clone(),
+            Err(_) => None,
+        };
+        match outcome {
+            Some(result) => result.map(|conn| (generation, conn)),
+            None => Err(RedisError::from((
+                ErrorKind::Io,
+                "the connection attempt was abandoned",
+            ))),
+        }
+    }
+
+    /// Makes connection `generation` and publishes the outcome. Runs as its own task, so it
+    /// progresses while callers give up at their deadline.
+    async fn connect(self: Arc<Self>, generation: u64, tx: watch::Sender<ConnectOutcome>) {
+        /// Clears the slot if the task ends without publishing (runtime shutting down), so the
+        /// next call tries again instead of waiting for an attempt that will never finish.
+        struct Abandoned<'a>(&'a Inner, u64, bool);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if self.2 {
+                    let mut slot = self.0.slot.lock();
+                    if matches!(&*slot, Slot::Connecting { generation, .. } if *generation == self.1)
+                    {
+                        *slot = Slot::Empty;
+                    }
+                }
+            }
+        }
+        let mut guard = Abandoned(&self, generation, true);
+        // The cluster client may try several seeds and then read the slot map.
+        let deadline = self.connect_timeout + self.op_timeout;
+        let result = match tokio::time::timeout(deadline, self.open()).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        };
+        {
+            let mut slot = self.slot.lock();
+            if matches!(&*slot, Slot::Connecting { generation: g, .. } if *g == generation) {
+                *slot = match &result {
+                    Ok(conn) => Slot::Ready {
+                        generation,
+                        conn: conn.clone(),
+                    },
+                    Err(_) => Slot::Empty,
+                };
+            }
+        }
+        guard.2 = false;
+        drop(guard);
+        tx.send_replace(Some(result));
+    }
+
+    async fn open(&self) -> RedisResult<Conn> {
+        match &self.backend {
+            Backend::Single(client) => {
+                let info = client.get_connection_info();
+                if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
+                    return self.open_plain(host, *port, info.redis_settings()).await;
+                }
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.op_timeout))
+                    // One attempt per connect: a failure goes back to the caller (and the
+                    // breaker) instead of being retried with back-off inside a request.
+                    .set_number_of_retries(0);
+                ConnectionManager::new_with_config(client.as_ref().clone(), config)
+                    .await
+                    .map(Conn::Single)
+            }
+            Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+
+    /// A connection to a single server over plain TCP whose replies pass a [`resp::FrameGuard`]
+    /// (redis-rs buffers a reply whole before it parses it; nothing bounds that but this).
+    /// Reconnecting is ours (see [`Inner::forget`]), so no connection manager is needed.
+    async fn open_plain(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &redis::RedisConnectionInfo,
+    ) -> RedisResult<Conn> {
+        let stream = tokio::net::TcpStream::connect((host, port)).await?;
+        stream.set_nodelay(true)?;
+        let guarded = Guarded {
+            inner: stream,
+            guard: resp::FrameGuard::new(self.max_reply_bytes),
+        };
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.op_timeout));
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(settings, guarded, config).await?;
+        let driver = Arc::new(AbortOnDrop(tokio::spawn(driver)));
+        Ok(Conn::Plain {
+            conn,
+            _driver: driver,
+        })
+    }
+
+    /// Drops connection `generation` after it failed, so the next call connects anew.
+    fn forget(&self, generation: u64) {
+        let mut slot = self.slot.lock();
+        if matches!(&*slot, Slot::Ready { generation: g, .. } if *g == generation) {
+            *slot = Slot::Empty;
+        }
+    }
+}
+
+/// The credentials in `urls` as they may appear in text: `user:password`, the password alone,
+/// raw and percent-decoded.
+pub(super) fn secrets_of(urls: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for url in urls {
+        let Some(scheme_end) = url.find("://") else {
+            continue;
+        };
+        let rest = &url[scheme_end + 3..];
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        let Some(at) = authority.rfind('@') else {
+            continue;
+        };
+        let userinfo = &authority[..at];
+        let mut candidates = vec![userinfo.to_owned()];
+        if let Some((_, password)) = userinfo.split_once(':') {
+            candidates.push(password.to_owned());
+        }
+        for c in candidates {
+            let decoded = percent_decode(&c);
+            for s in [c, decoded] {
+                if !s.is_empty() && !out.contains(&s) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    // Longest first, so `user:password` is replaced before `password`.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(super) fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "***");
+        }
+    }
+    text
+}

@@ -1,0 +1,356 @@
+//! Settling what the connection answered: each request's outcome reported to the breaker, judged
+//! by the core, and its promise resolved (a failed read is a miss, never a rejection).
+
+use std::ptr;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use napi::bindgen_prelude::Env;
+use napi::sys;
+
+use strata_core::breaker::Permit;
+use strata_core::resp::Reply;
+use strata_core::store::SetOutcome;
+
+use super::conn::{RefreshGate, STATE};
+use super::ffi::check;
+use super::{DIRECT_READS, DIRECT_REFRESHES, DIRECT_WRITES};
+use crate::js_entry::{self, RawValue};
+use crate::{Global, JsResult};
+
+pub(super) struct Pending {
+    pub(super) what: What,
+    /// `None` for refresh calls that waited for a read and lost their connection first.
+    pub(super) permit: Option<Permit>,
+    /// In [`now_ms`](super::ffi::now_ms)'s clock.
+    pub(super) deadline: u64,
+}
+
+pub(super) enum What {
+    /// An entry's `GET`.
+    Get {
+        deferred: sys::napi_deferred,
+        key: String,
+        soft_tags: Vec<String>,
+    },
+    /// A read of the invalidation log (`EVALSHA` of `refresh.lua`) serving every `refreshTags`
+    /// call that joined it before it was written; `covered`: see
+    /// [`strata_core::cache::Cache::register_direct_refresh`].
+    Refresh {
+        deferreds: Vec<sys::napi_deferred>,
+        covered: u64,
+    },
+    /// An entry's `SET` (already in L1 as `l1`).
+    Set {
+        deferred: sys::napi_deferred,
+        l1: SetOutcome,
+    },
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Its deadline passed (trips the breaker).
+    Timeout,
+    /// The connection broke (trips the breaker).
+    Broken,
+    /// Its connection was dropped because another request timed out: says nothing about Redis
+    /// (its permit is released unreported).
+    Collateral,
+}
+
+/// A request to settle, once the state is no longer borrowed.
+pub(super) struct Done {
+    pub(super) pending: Pending,
+    pub(super) outcome: Result<Reply, Failure>,
+    /// The refresh gate, released once this (the connection's last refresh) is applied.
+    pub(super) gate: Option<RefreshGate>,
+}
+
+impl Done {
+    /// Calls that never got a request of their own (no permit, no deadline), failing with `why`.
+    pub(super) fn unsent(what: What, why: Failure) -> Done {
+        Done {
+            pending: Pending {
+                what,
+                permit: None,
+                deadline: 0,
+            },
+            outcome: Err(why),
+            gate: None,
+        }
+    }
+}
+
+/// A new promise and its deferred, in `env`: the environment of the JS call running on this
+/// thread (the `make` closures of [`with_conn`], its only callers, pass the `raw` it gives them).
+///
+/// [`with_conn`]: super::conn::with_conn
+pub(super) fn promise(env: sys::napi_env) -> JsResult<(sys::napi_deferred, RawValue)> {
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: `env` is the environment of the JS call running on this thread (see above);
+    // local out-pointers.
+    check(unsafe { sys::napi_create_promise(env, &mut deferred, &mut promise) })?;
+    Ok((deferred, RawValue::from_raw(promise)))
+}
+
+/// Settles `done`, then the `refreshTags` calls in `to_runtime` (which this path could not serve
+/// after all) with the promise of one runtime refresh. From a libuv callback (`from_loop`),
+/// inside a callback scope, so promise continuations run when it closes; from a JS call,
+/// directly (they run after it returns).
+pub(super) fn settle(
+    env: sys::napi_env,
+    done: Vec<Done>,
+    to_runtime: Vec<sys::napi_deferred>,
+    from_loop: bool,
+) {
+    let Ok(g) = crate::global() else { return };
+    let (async_ctx, resource_ref) =
+        match STATE.with(|cell| cell.borrow().as_ref().map(|s| (s.async_ctx, s.resource))) {
+            Some(x) => x,
+            None => return,
+        };
+    let env_ref = Env::from_raw(env);
+    // Every deferred settled below was made by `promise` in `env` and is carried by exactly one
+    // `What` (or `to_runtime` entry), which this function consumes: each is settled once.
+    let mut handle_scope = ptr::null_mut();
+    let mut resource = ptr::null_mut();
+    let mut scope = ptr::null_mut();
+    // SAFETY: `env` is this thread's environment (the `State`'s, or that of the JS call
+    // `with_conn` runs in, which `with_conn` checked is the same), and we are on its thread:
+    // in a libuv callback (`from_loop`, outside any JS call) or a JS call. The handle scope
+    // makes creating values legal from a libuv callback. `resource_ref` is the `State`'s strong
+    // reference to its resource object, never deleted (it dies with the environment), and
+    // `async_ctx` its `napi_async_init` context; the callback scope runs the microtasks when it
+    // closes. Local out-pointers.
+    let scoped = unsafe {
+        if sys::napi_open_handle_scope(env, &mut handle_scope) != sys::Status::napi_ok {
+            return;
+        }
+        from_loop
+            && sys::napi_get_reference_value(env, resource_ref, &mut resource)
+                == sys::Status::napi_ok
+            && sys::napi_open_callback_scope(env, resource, async_ctx, &mut scope)
+                == sys::Status::napi_ok
+    };
+    js_entry::release_pending(&env_ref);
+    for Done {
+        pending,
+        outcome,
+        gate,
+    } in done
+    {
+        let Pending { what, permit, .. } = pending;
+        // Redis answered, whatever it said; no answer trips the breaker; a collateral
+        // failure says nothing about Redis (the permit is released unreported).
+        let reply = match outcome {
+            Ok(reply) => {
+                if let Some(p) = permit {
+                    p.success();
+                }
+                Ok(reply)
+            }
+            Err(why) => {
+                if let Some(p) = permit {
+                    if why == Failure::Collateral {
+                        drop(p);
+                    } else {
+                        p.failure();
+                    }
+                }
+                Err(match why {
+                    Failure::Timeout => strata_core::Error::Timeout {
+                        op: match what {
+                            What::Get { .. } => "get_entry",
+                            What::Refresh { .. } => "refresh",
+                            What::Set { .. } => "set_entry",
+                        },
+                        ms: g.cache.l2().map_or(0, |l2| {
+                            u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
+                        }),
+                    },
+                    Failure::Broken => strata_core::Error::Unavailable("connection lost".into()),
+                    Failure::Collateral => strata_core::Error::Unavailable(
+                        "connection dropped after another request timed out".into(),
+                    ),
+                })
+            }
+        };
+        match what {
+            What::Get {
+                deferred,
+                key,
+                soft_tags,
+            } => settle_get(&env_ref, g, deferred, &key, &soft_tags, reply),
+            What::Refresh { deferreds, covered } => {
+                settle_refresh(&env_ref, g, deferreds, covered, reply)
+            }
+            What::Set { deferred, l1 } => {
+                DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
+                let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
+                let value = crate::panic::contain(|| {
+                    crate::panic::inject(crate::panic::Place::Settle);
+                    let report = g.cache.finish_set(l1, written);
+                    crate::set_report_value(&env_ref, g, report)
+                });
+                match value {
+                    Some(v) => {
+                        let v = v.map_or_else(|_| undefined(&env_ref), |v| v.raw());
+                        // SAFETY: `env` as above, inside the handle scope opened above;
+                        // `deferred` is this `What::Set`'s, made in `env`, settled once;
+                        // `v` was just created in `env`.
+                        unsafe { sys::napi_resolve_deferred(env, deferred, v) };
+                    }
+                    None => {
+                        let err = error_value(&env_ref, &contained_error());
+                        // SAFETY: as just above; `err` was just created in `env`.
+                        unsafe { sys::napi_reject_deferred(env, deferred, err) };
+                    }
+                }
+            }
+        }
+        // The refresh is applied: other refreshes may run.
+        drop(gate);
+    }
+    if !to_runtime.is_empty() {
+        let value = crate::refresh_on_runtime(&env_ref, g)
+            .map_or_else(|_| undefined(&env_ref), |p| p.raw());
+        for deferred in to_runtime {
+            // SAFETY: `env` as above, inside the handle scope opened above; each deferred
+            // was made by `promise` in `env` and moved into `to_runtime` once (out of a
+            // `Conn`'s `waiting`), settled only here; `value` was just created in `env`.
+            unsafe { sys::napi_resolve_deferred(env, deferred, value) };
+        }
+    }
+    // SAFETY: `scope` and `handle_scope` were opened above in `env`, on this thread, and are
+    // closed once, innermost first.
+    unsafe {
+        if scoped {
+            sys::napi_close_callback_scope(env, scope);
+        }
+        sys::napi_close_handle_scope(env, handle_scope);
+    }
+}
+
+/// Settles an entry read: the value (judged, promoted), or `null`; never a rejection.
+fn settle_get(
+    env: &Env,
+    g: &'static Global,
+    deferred: sys::napi_deferred,
+    key: &str,
+    soft_tags: &[String],
+    reply: strata_core::Result<Reply>,
+) {
+    let fetched = reply.and_then(|reply| match reply {
+        Reply::Bulk(b) => Ok(Some(b)),
+        Reply::Nil => Ok(None::<Bytes>),
+        Reply::Error(e) => Err(strata_core::Error::Redis(e)),
+        _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
+    });
+    DIRECT_READS.fetch_add(1, Ordering::Relaxed);
+    let value = crate::panic::contain(|| {
+        crate::panic::inject(crate::panic::Place::Settle);
+        let lookup = g.cache.finish_remote(key, soft_tags, fetched);
+        js_entry::lookup_value(env, lookup)
+    });
+    let value = match value {
+        Some(Ok(v)) => v.raw(),
+        // Could not build the value (out of memory in V8?), or a contained panic: a miss.
+        Some(Err(_)) | None => null(env),
+    };
+    // SAFETY: `env` is this thread's environment, in `settle`'s handle scope; `deferred` was made
+    // in it by `promise` and carried by exactly one `What::Get`, consumed by `settle`: settled
+    // once; `value` was just created in `env`.
+    unsafe { sys::napi_resolve_deferred(env.raw(), deferred, value) };
+}
+
+/// Settles the `refreshTags` calls a log read served. A full batch (`more`) or a script Redis
+/// does not know (`NOSCRIPT`, e.g. after a restart) continues on the runtime, whose promise
+/// the calls then follow. A failure resolves them (or rejects them in strict mode), like the
+/// runtime path.
+fn settle_refresh(
+    env: &Env,
+    g: &'static Global,
+    deferreds: Vec<sys::napi_deferred>,
+    covered: u64,
+    reply: strata_core::Result<Reply>,
+) {
+    DIRECT_REFRESHES.fetch_add(1, Ordering::Relaxed);
+    let judged = crate::panic::contain(|| {
+        crate::panic::inject(crate::panic::Place::Settle);
+        judge_refresh(env, g, covered, reply)
+    });
+    let (value, reject) =
+        judged.unwrap_or_else(|| (Ok(error_value(env, &contained_error())), true));
+    let value = value.unwrap_or_else(|_| undefined(env));
+    for deferred in deferreds {
+        // SAFETY: `env` is this thread's environment, in `settle`'s handle scope; each deferred
+        // was made in it by `promise` and is in exactly one `What::Refresh`, consumed by
+        // `settle`: settled once; `value` was created in `env` during this callback.
+        unsafe {
+            if reject {
+                sys::napi_reject_deferred(env.raw(), deferred, value);
+            } else {
+                sys::napi_resolve_deferred(env.raw(), deferred, value);
+            }
+        }
+    }
+}
+
+/// What a log read's reply means for the `refreshTags` calls it served: the value to settle
+/// them with, and whether it is a rejection.
+fn judge_refresh(
+    env: &Env,
+    g: &'static Global,
+    covered: u64,
+    reply: strata_core::Result<Reply>,
+) -> (JsResult<sys::napi_value>, bool) {
+    let outcome = reply.and_then(strata_core::l2::L2::parse_refresh_reply);
+    match outcome {
+        Ok(refresh) => {
+            let more = g.cache.apply_refresh(refresh);
+            g.cache.finish_direct_refresh(covered, true);
+            if more {
+                (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
+            } else {
+                (Ok(undefined(env)), false)
+            }
+        }
+        Err(strata_core::Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
+            (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
+        }
+        Err(e) => {
+            if g.cache.finish_direct_refresh(covered, false) {
+                (Ok(error_value(env, &e)), true)
+            } else {
+                (Ok(undefined(env)), false)
+            }
+        }
+    }
+}
+
+/// What a contained panic becomes for a promise this path rejects.
+fn contained_error() -> strata_core::Error {
+    strata_core::Error::Internal("internal error (a panic, contained; see the log)".into())
+}
+
+fn null(env: &Env) -> sys::napi_value {
+    let mut v = ptr::null_mut();
+    // SAFETY: `env` is the environment whose JS call or libuv callback is running on this
+    // thread (every `&Env` here is); a local out-pointer.
+    unsafe { sys::napi_get_null(env.raw(), &mut v) };
+    v
+}
+
+fn undefined(env: &Env) -> sys::napi_value {
+    let mut v = ptr::null_mut();
+    // SAFETY: as in `null`.
+    unsafe { sys::napi_get_undefined(env.raw(), &mut v) };
+    v
+}
+
+/// The JS error of a core error: its code as `err.code`.
+pub(super) fn error_value(env: &Env, e: &strata_core::Error) -> sys::napi_value {
+    js_entry::error_object(env, e.code(), &e.to_string())
+}
