@@ -207,3 +207,26 @@ fn resp_bulk_reply(bencher: Bencher, size: usize) {
             r.next_reply().unwrap()
         });
 }
+
+/// A large array reply (a tag-state resync: `n` integers) arriving in 64 KiB reads, the reader
+/// asked for a reply after each read, as the event-loop path does. Linear in `n` since the
+/// reader resumes its scan where the last read stopped (it re-parsed from the start before).
+#[divan::bench(args = [10_000, 100_000, 1_000_000])]
+fn resp_array_in_reads(bencher: Bencher, n: usize) {
+    let mut wire = format!("*{n}\r\n").into_bytes();
+    for i in 0..n {
+        wire.extend_from_slice(format!(":{i}\r\n").as_bytes());
+    }
+    bencher
+        .with_inputs(|| Reader::with_max_reply(64 << 20))
+        .bench_local_values(|mut r| {
+            let mut got = None;
+            for chunk in wire.chunks(64 * 1024) {
+                r.feed(divan::black_box(chunk));
+                if let Some(reply) = r.next_reply().unwrap() {
+                    got = Some(reply);
+                }
+            }
+            got
+        });
+}
