@@ -839,3 +839,206 @@ const ENVELOPE_HEADROOM: usize = 4 * 1024 * 1024;
 fn max_envelope(max_value: usize) -> usize {
     max_value.saturating_add(ENVELOPE_HEADROOM)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The decisions `Cache` makes between L1 and L2, driven without a socket: `plan_set`
+    //! hands back the envelope a transport would write, `finish_remote` is handed the reply.
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Options;
+    use crate::envelope::{INCREMENTAL_KEY_PREFIX, MAGIC};
+
+    const T0: f64 = 1_795_357_925_414.625;
+
+    fn cache(clock: &ManualClock, l2_max_value: u64) -> Cache {
+        let config = Options {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            l2_max_value_bytes: Some(l2_max_value),
+            compress_min_bytes: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        Cache::new(&config, Arc::new(clock.clone()), None, Some("unit".into())).unwrap()
+    }
+
+    fn meta(revalidate: f64) -> EntryMeta {
+        EntryMeta {
+            tags: vec!["t".into()],
+            stale: 30.0,
+            timestamp: T0,
+            expire: 3600.0,
+            revalidate,
+        }
+    }
+
+    /// The envelope `plan_set` would have a transport write for `key`.
+    fn envelope(c: &Cache, key: &str, value: &[u8], m: EntryMeta) -> Bytes {
+        match c
+            .plan_set(key, Bytes::copy_from_slice(value), m, 0)
+            .unwrap()
+        {
+            SetPlan::Write { envelope, at, .. } => Bytes::from(envelope).slice(at..),
+            SetPlan::Done(r) => panic!("not written: {r:?}"),
+        }
+    }
+
+    fn value(l: Lookup) -> Option<Bytes> {
+        match l {
+            Lookup::Hit { entry, .. } => Some(entry.value.clone()),
+            Lookup::Miss => None,
+        }
+    }
+
+    #[test]
+    fn an_l2_reply_is_promoted_and_served_and_the_newer_copy_wins() {
+        let clock = ManualClock::new(T0);
+        let writer = cache(&clock, 1 << 20);
+        let bytes = envelope(&writer, "k", b"from-l2", meta(900.0));
+        let reader = cache(&clock, 1 << 20);
+        assert_eq!(
+            value(reader.finish_remote("k", &[] as &[&str], Ok(Some(bytes.clone())))).as_deref(),
+            Some(&b"from-l2"[..])
+        );
+        // Promoted: a fresh L1 hit now, without L2.
+        assert_eq!(
+            value(reader.get_local_fresh("k", &[] as &[&str])).as_deref(),
+            Some(&b"from-l2"[..])
+        );
+        // An older L2 copy never replaces a newer L1 one.
+        clock.advance(10.0);
+        let mut newer = meta(900.0);
+        newer.timestamp = T0 + 10.0;
+        reader
+            .set_local("k", Bytes::from_static(b"newer-local"), newer)
+            .unwrap();
+        assert_eq!(
+            value(reader.finish_remote("k", &[] as &[&str], Ok(Some(bytes)))).as_deref(),
+            Some(&b"newer-local"[..])
+        );
+    }
+
+    #[test]
+    fn garbage_foreign_and_other_kinds_are_counted_misses() {
+        let clock = ManualClock::new(T0);
+        let c = cache(&clock, 1 << 20);
+        let m = c.l2_metrics().unwrap();
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&[1, 0, 0, 0xff]);
+        assert!(
+            value(c.finish_remote("k", &[] as &[&str], Ok(Some(Bytes::from(garbage))))).is_none()
+        );
+        assert_eq!(Metrics::read(&m.decode_errors), 1);
+        // Another key's envelope (a hash collision, or a misrouted reply): never its bytes.
+        let other = envelope(&c, "other", b"not-yours", meta(900.0));
+        assert!(value(c.finish_remote("k", &[] as &[&str], Ok(Some(other)))).is_none());
+        assert_eq!(Metrics::read(&m.foreign), 1);
+        // The same key string stored by the other handler is another entry.
+        let incremental = format!("{INCREMENTAL_KEY_PREFIX}k");
+        let inc = envelope(&c, &incremental, b"page", meta(900.0));
+        assert!(value(c.finish_remote("k", &[] as &[&str], Ok(Some(inc.clone())))).is_none());
+        assert_eq!(Metrics::read(&m.foreign), 2);
+        assert_eq!(
+            value(c.finish_remote(&incremental, &[] as &[&str], Ok(Some(inc)))).as_deref(),
+            Some(&b"page"[..])
+        );
+        // A failed read is a counted error and a miss.
+        assert!(value(c.finish_remote(
+            "none",
+            &[] as &[&str],
+            Err(Error::Unavailable("down".into()))
+        ))
+        .is_none());
+        assert_eq!(Metrics::read(&m.errors), 1);
+    }
+
+    #[test]
+    fn an_l1_copy_past_its_revalidate_window_asks_l2() {
+        let clock = ManualClock::new(T0);
+        let c = cache(&clock, 1 << 20);
+        c.set_local("k", Bytes::from_static(b"v"), meta(1.0))
+            .unwrap();
+        assert!(value(c.get_local_fresh("k", &[] as &[&str])).is_some());
+        clock.advance(1_500.0);
+        // Another instance may have regenerated it: not fresh here, the caller reads L2 ...
+        assert!(value(c.get_local_fresh("k", &[] as &[&str])).is_none());
+        // ... and with nothing newer there, the stale copy is served (Next regenerates it).
+        assert_eq!(
+            value(c.finish_remote("k", &[] as &[&str], Ok(None))).as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+
+    #[test]
+    fn replies_are_bounded_by_the_largest_envelope_written() {
+        let clock = ManualClock::new(T0);
+        let c = cache(&clock, 1000);
+        assert_eq!(c.max_reply_bytes(), 1000 + 4 * 1024 * 1024);
+        // A value over l2MaxValueBytes stays in L1 only.
+        let plan = c
+            .plan_set("big", Bytes::from(vec![7u8; 1001]), meta(900.0), 0)
+            .unwrap();
+        assert!(matches!(
+            plan,
+            SetPlan::Done(SetReport {
+                l2: L2Write::TooLarge { first: true },
+                ..
+            })
+        ));
+        // So does a small value whose key alone would make an envelope no reader accepts.
+        let huge_key = "k".repeat(5 * 1024 * 1024);
+        let plan = c
+            .plan_set(&huge_key, Bytes::from_static(b"v"), meta(900.0), 0)
+            .unwrap();
+        assert!(matches!(
+            plan,
+            SetPlan::Done(SetReport {
+                l2: L2Write::TooLarge { .. },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn out_of_range_fields_from_redis_are_decode_errors_not_panics() {
+        let clock = ManualClock::new(T0);
+        let c = cache(&clock, 1 << 20);
+        let m = c.l2_metrics().unwrap();
+        for (field, v) in [
+            ("expire", 1e300),
+            ("server_ts", 1e300),
+            ("revalidate", -1e300),
+        ] {
+            let mut bad = meta(900.0);
+            let server_ts = if field == "server_ts" { v } else { T0 };
+            match field {
+                "expire" => bad.expire = v,
+                "revalidate" => bad.revalidate = v,
+                _ => {}
+            }
+            let env = envelope::encode(
+                &EnvelopeMeta {
+                    kind: Kind::USE_CACHE,
+                    key: "k",
+                    tags: &bad.tags,
+                    timestamp: bad.timestamp,
+                    server_ts,
+                    stale: bad.stale,
+                    revalidate: bad.revalidate,
+                    expire: bad.expire,
+                    extra: &[],
+                },
+                b"v",
+                Compression::DISABLED,
+            )
+            .unwrap();
+            assert!(
+                value(c.finish_remote("k", &[] as &[&str], Ok(Some(Bytes::from(env))))).is_none(),
+                "{field}"
+            );
+        }
+        assert_eq!(Metrics::read(&m.decode_errors), 3);
+    }
+}
