@@ -193,6 +193,52 @@ export interface StrataStats {
    * each became a miss (`get`) or a `STRATA_INTERNAL` rejection. Non-zero is a bug to report.
    */
   internalPanics: number
+  /**
+   * Latency of the calls that waited on Redis, per handler and operation (this thread). Only
+   * asynchronous calls are timed: an L1 hit is not (it is counted in `l1.hits`), so without
+   * Redis every histogram stays empty.
+   */
+  latency: StrataLatency
+}
+
+/**
+ * `stats().latency`: one {@link LatencyHistogram} per handler, operation and outcome. A get is
+ * timed from the moment the addon answers with a promise (it had no fresh L1 copy and asked
+ * Redis) until that promise resolves; the others around their Redis call.
+ */
+export interface StrataLatency {
+  /** Upper bounds [ms] of the buckets of every histogram (inclusive): `[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000]`. */
+  bucketsMs: number[]
+  /** The 'use cache' handler (`cacheHandlers`). */
+  useCache: StrataOperationLatency
+  /** The incremental handler (`cacheHandler`): `refreshTags` is the read of the invalidation log each handler object makes before its first get; `updateTags` is `revalidateTag`. */
+  incremental: StrataOperationLatency
+}
+
+/** The histograms of one handler's operations. */
+export interface StrataOperationLatency {
+  /** Gets that asked Redis, by what they resolved to: an entry (`l2Hit`, possibly L1's copy confirmed by Redis) or nothing (`l2Miss`, also when Redis failed). */
+  get: { l2Hit: LatencyHistogram; l2Miss: LatencyHistogram }
+  /** Writes to L1 and Redis, timed around that call (after the value's stream was read). */
+  set: LatencyHistogram
+  /** Reads of the shared invalidation log. */
+  refreshTags: LatencyHistogram
+  /** Invalidations recorded in Redis (`updateTags` / `revalidateTag`). */
+  updateTags: LatencyHistogram
+}
+
+/** Durations in fixed buckets, in ms (rounded to the µs); every field is 0 while `count` is 0. */
+export interface LatencyHistogram {
+  count: number
+  sumMs: number
+  minMs: number
+  maxMs: number
+  /** Median, estimated from the buckets (linear within its bucket, bounded by `minMs`/`maxMs`). */
+  p50Ms: number
+  /** 99th percentile, estimated likewise. */
+  p99Ms: number
+  /** `bucketsMs.length + 1` counts (not cumulative): `buckets[i]` = durations in (`bucketsMs[i-1]`, `bucketsMs[i]`]; the last one, above 1000 ms. */
+  buckets: number[]
 }
 
 /** One line of {@link doctor}'s report. */
@@ -212,7 +258,7 @@ export interface DoctorCheck {
  */
 export declare function doctor(options?: StrataOptions): Promise<{ verdict: 'ok' | 'warn' | 'fail'; checks: DoctorCheck[] }>
 
-/** Counters of this process (handler calls, L1 and tags). */
+/** Counters of this process (handler calls, L1, tags, L2) and the latency of the calls that waited on Redis. */
 export declare function stats(): StrataStats
 
 /**

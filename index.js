@@ -8,6 +8,8 @@
  * - `store.js`: the process-wide store both share (start-up, pending writes, counters,
  *   invalidation, `stats` / `config` / `flush`), over the generated loader `binding.js`;
  * - `options.js`, `checks.js`, `errors.js`, `log.js`: options, argument checks, errors, logging.
+ * - `metrics.js`, `otel.js`: the latency histograms of `stats().latency`, and OpenTelemetry
+ *   when the app has `@opentelemetry/api`.
  * Every rule (expiry, tags, the byte bound) lives in Rust (`core/`).
  */
 const { createUseCacheHandler } = require('./lib/use-cache.js')

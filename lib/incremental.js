@@ -36,7 +36,8 @@ const path = require('node:path')
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
 const { invalid, toStrataError } = require('./errors.js')
 const { isObject, isNonNegativeNumber } = require('./checks.js')
-const { log, warnOncePerCode } = require('./log.js')
+const { log, warnOncePerCode, debug } = require('./log.js')
+const { recorder } = require('./metrics.js')
 /** What this handler shares with the 'use cache' handler: one store, one configuration. */
 const store = require('./store.js')
 
@@ -45,6 +46,8 @@ const calls = store.incrementalCalls
 
 /** Store keys of this handler start with this (the core's `envelope::INCREMENTAL_KEY_PREFIX`). */
 const KEY_PREFIX = '\u0001i:'
+/** Latency, OpenTelemetry and debug lines of this handler's operations (lib/metrics.js). */
+const rec = recorder('incremental', KEY_PREFIX)
 /** Next's `INFINITE_CACHE` (seconds): "never", what `revalidate: false` and no `expire` mean. */
 const INFINITE_CACHE = 4294967294
 const RESPONSE_KINDS = new Set(['APP_PAGE', 'APP_ROUTE', 'PAGES'])
@@ -85,7 +88,7 @@ function createIncrementalCacheHandler(options) {
         // is made under (`ctx.softTags`), as the built-in does (`ctx.tags ∪ ctx.softTags`).
         const softTags = kind === 'FETCH' ? fetchReadTags(ctx) : []
         if (hasL2()) {
-          if (this.refreshed === undefined) this.refreshed = native.ucRefreshTags().catch(() => {})
+          if (this.refreshed === undefined) this.refreshed = followLog()
           await this.refreshed
         }
         let hit = await lookup(storeKey, softTags)
@@ -127,10 +130,10 @@ function createIncrementalCacheHandler(options) {
         const subject = () => `an incremental cache entry (${key.slice(0, 80)})`
         try {
           if (hasL2()) {
-            await setShared(storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
+            await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
             return
           }
-          const outcome = setLocal(storeKey, chunks, tags, 0, timestamp, expire, revalidate)
+          const outcome = setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
           if (outcome === 'too-large-first') {
             log('warn', `${subject()} is larger than the whole L1 (${store.settings().l1MaxBytes} bytes) and was not stored (warned once)`)
           }
@@ -145,7 +148,7 @@ function createIncrementalCacheHandler(options) {
     async revalidateTag(tags, durations) {
       calls.revalidateTag++
       const list = typeof tags === 'string' ? [tags] : tags
-      await store.updateTags(bootOnce, list, durations)
+      await store.updateTags(rec, bootOnce, list, durations)
     }
 
     /** Next calls it when a request starts (with a handler object it may reuse): follow the log anew. */
@@ -183,15 +186,38 @@ function fetchReadTags(ctx) {
   return tags
 }
 
+/**
+ * Follows the shared invalidation log (once per handler object, i.e. per request): timed and
+ * reported; a failure leaves the local tag state as it is.
+ */
+function followLog() {
+  const t0 = performance.now()
+  return native.ucRefreshTags().then(() => rec.refreshTags(t0), (err) => rec.refreshTags(t0, err))
+}
+
 /** The store's answer for `storeKey`: an entry, `[entry]` (a tag is stale) or null. */
 async function lookup(storeKey, softTags) {
-  if (hasL2()) return native.ucGetL2(storeKey, softTags)
-  const hit = native.ucGet(storeKey)
-  if (hit === null || softTags.length === 0) return hit
-  // Without L2 the L1 read does not see soft tags: a path invalidated after the entry was
-  // written (revalidatePath) makes it a miss, as with L2.
-  const entry = Array.isArray(hit) ? hit[0] : hit
-  return native.ucGetExpiration(softTags) > entry.timestamp ? null : hit
+  if (hasL2()) {
+    let hit = native.ucGetL2(storeKey, softTags)
+    if (hit instanceof Promise) {
+      // It asked Redis: timed from here (an L1 hit never reads the clock).
+      const t0 = performance.now()
+      hit = await hit
+      rec.l2Get(t0, storeKey, hit)
+    } else if (debug.on) {
+      rec.l1Get(storeKey, hit, true)
+    }
+    return hit
+  }
+  let hit = native.ucGet(storeKey)
+  if (hit !== null && softTags.length > 0) {
+    // Without L2 the L1 read does not see soft tags: a path invalidated after the entry was
+    // written (revalidatePath) makes it a miss, as with L2.
+    const entry = Array.isArray(hit) ? hit[0] : hit
+    if (native.ucGetExpiration(softTags) > entry.timestamp) hit = null
+  }
+  if (debug.on) rec.l1Get(storeKey, hit, false)
+  return hit
 }
 
 /**
@@ -252,13 +278,16 @@ class SeedReader {
     // negative answer is remembered per variant of the read.
     const variant = `${Boolean(ctx && ctx.isFallback)}${Boolean(ctx && ctx.isRoutePPREnabled)}${key}`
     if (this.none.has(variant)) return null
+    const t0 = performance.now()
     let found = null
+    let failure
     try {
       found = await readSeed(key, ctx, serverDistDir, await this.manifest(serverDistDir))
     } catch (err) {
-      log('debug', `no build seed for ${key.slice(0, 120)}`, err)
+      failure = err // no such files (ENOENT), most often: not prerendered
     }
     if (found === null) {
+      rec.seed(t0, key, false, failure)
       if (this.none.size >= MAX_NO_SEED) this.none.clear()
       this.none.add(variant)
       return null
@@ -267,9 +296,10 @@ class SeedReader {
     const chunks = encodeValue(value, cacheControl)
     const { revalidate, expire } = lifetimes(value, cacheControl, {})
     const tags = tagsOf(value, {})
-    setLocal(storeKey, chunks, tags, 0, lastModified, expire, revalidate)
+    setLocal(null, storeKey, chunks, tags, 0, lastModified, expire, revalidate)
     // Judged like any entry: a tag invalidated since the build makes it a miss (or stale).
     const hit = native.ucGet(storeKey)
+    rec.seed(t0, key, true)
     return hit
   }
 

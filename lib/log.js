@@ -10,9 +10,23 @@ const LOG_LEVELS = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 }
 /** The ids of the messages logged once in this process (`logOnce`). */
 const loggedOnce = new Set()
 
+/**
+ * Whether debug lines are on, as `STRATA_LOG` said when it was last read (at load, at every
+ * message, at every `debugEnabled()`). The L1 paths (a hit, an L1-only write) test this field
+ * instead of calling `debugEnabled()`: reading `process.env` costs a good part of a hit.
+ */
+const debug = { on: false }
+
 function logLevel() {
-  const level = (process.env.STRATA_LOG || 'info').toLowerCase()
-  return LOG_LEVELS[level] ?? LOG_LEVELS.info
+  const level = LOG_LEVELS[(process.env.STRATA_LOG || 'info').toLowerCase()] ?? LOG_LEVELS.info
+  debug.on = level >= LOG_LEVELS.debug
+  return level
+}
+logLevel()
+
+/** Whether `STRATA_LOG=debug` (read now): check it before building a debug line. */
+function debugEnabled() {
+  return logLevel() >= LOG_LEVELS.debug
 }
 
 function log(level, message, err) {
@@ -39,4 +53,4 @@ function warnOncePerCode(id, message, err) {
   logOnce('warn', `${id}:${e.code}`, message, e)
 }
 
-module.exports = { log, logOnce, warnOncePerCode }
+module.exports = { log, logOnce, warnOncePerCode, debug, debugEnabled }

@@ -10,8 +10,10 @@ const native = require('./native.js')
 
 const { invalid, toStrataError } = require('./errors.js')
 const { isNil, isObject, isNonNegativeNumber, checkTags } = require('./checks.js')
-const { log, logOnce } = require('./log.js')
+const { log, logOnce, debug } = require('./log.js')
 const { validateOptions } = require('./options.js')
+const { latencyStats } = require('./metrics.js')
+const { startOtel } = require('./otel.js')
 
 /** Calls Next made to the 'use cache' handler (`cacheHandlers`), per method. */
 const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 }
@@ -46,6 +48,7 @@ function boot(options) {
   // read); once per thread, as each worker thread loads this module anew.
   native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate) => ({ value, tags, stale, timestamp, expire, revalidate }))
   l2 = native.hasL2()
+  startOtel(native.nativeStats)
   if (l2) {
     log('info', `Redis L2 ${resolved.redis}, namespace "${resolved.namespace}" (from ${resolved.namespaceSource}), L1 ${resolved.l1MaxBytes} bytes`)
   } else {
@@ -99,18 +102,33 @@ function beginSet(storeKey) {
 /** A value's chunks as they cross into the addon: one as itself (no copy), several as a list it joins. */
 const bytesOf = (chunks) => (chunks.length === 1 ? chunks[0] : chunks)
 
-/** Writes an entry (its value as chunks) to this instance's L1 only; returns what L1 did with it. */
-function setLocal(storeKey, chunks, tags, stale, timestamp, expire, revalidate) {
-  return SET_L1[native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)]
+/**
+ * Writes an entry (its value as chunks) to this instance's L1 only; returns what L1 did with it.
+ * `rec` (lib/metrics.js) reports it as a handler's set; null for an insert that is not one (a
+ * build seed).
+ */
+function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate) {
+  const outcome = SET_L1[native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)]
+  if (debug.on && rec !== null) rec.l1Set(storeKey, chunks, outcome)
+  return outcome
 }
 
 /**
- * Writes an entry (its value as chunks) to L1 and Redis; warns when Redis did not take it
- * (`subject()` names the entry). Resolves with what L1 did with it.
+ * Writes an entry (its value as chunks) to L1 and Redis, timed and reported by `rec`
+ * (lib/metrics.js); warns when Redis did not take it (`subject()` names the entry). Resolves
+ * with what L1 did with it.
  */
-async function setShared(storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
-  const code = await native.ucSetRemote(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
+async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
+  const t0 = performance.now()
+  let code
+  try {
+    code = await native.ucSetRemote(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
+  } catch (err) {
+    rec.l2Set(t0, storeKey, chunks, undefined, undefined, toStrataError(err))
+    throw err
+  }
   const written = SET_L2[code & 7]
+  rec.l2Set(t0, storeKey, chunks, SET_L1[code >> 3], written)
   if (written === 'too-large-first') {
     log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
   } else if (written === 'failed') {
@@ -122,9 +140,10 @@ async function setShared(storeKey, chunks, tags, stale, timestamp, expire, reval
 /**
  * Invalidates `tags` for every handler of the process (`updateTags` of 'use cache',
  * `revalidateTag` of the incremental cache): with `durations`, stale now and expired after
- * `durations.expire` seconds; without, expired now. One atomic Redis call with L2.
+ * `durations.expire` seconds; without, expired now. One atomic Redis call with L2, timed and
+ * reported by `rec` (lib/metrics.js).
  */
-async function updateTags(bootOnce, tags, durations) {
+async function updateTags(rec, bootOnce, tags, durations) {
   checkTags('tags', tags)
   let d = null
   if (!isNil(durations)) {
@@ -138,14 +157,28 @@ async function updateTags(bootOnce, tags, durations) {
   }
   try {
     bootOnce()
-    if (l2) await native.ucUpdateTagsRemote(tags, d)
-    else native.ucUpdateTags(tags, d)
+    if (l2) {
+      const t0 = performance.now()
+      try {
+        await native.ucUpdateTagsRemote(tags, d)
+      } catch (err) {
+        rec.updateTags(t0, tags, d, toStrataError(err))
+        throw err
+      }
+      rec.updateTags(t0, tags, d)
+    } else {
+      native.ucUpdateTags(tags, d)
+      rec.updateTags(undefined, tags, d)
+    }
   } catch (err) {
     throw toStrataError(err)
   }
 }
 
-/** Counters of this process: handler calls and the native store. */
+/**
+ * Counters of this process: handler calls, the native store, and the latency of the calls that
+ * waited on Redis (lib/metrics.js).
+ */
 function stats() {
   const n = native.nativeStats()
   return {
@@ -170,6 +203,7 @@ function stats() {
       : null,
     l2: n && n.l2 ? { ...n.l2 } : null,
     internalPanics: n ? n.internalPanics : 0,
+    latency: latencyStats(),
   }
 }
 

@@ -8,10 +8,13 @@
  */
 const { StrataError, invalid, toStrataError } = require('./errors.js')
 const { isStringArray, isObject, isBytes, checkTags, checkNumber } = require('./checks.js')
-const { log, warnOncePerCode } = require('./log.js')
+const { log, warnOncePerCode, debug } = require('./log.js')
+const { recorder } = require('./metrics.js')
 const store = require('./store.js')
 
 const { native, calls, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+/** Latency, OpenTelemetry and debug lines of this handler's operations (lib/metrics.js). */
+const rec = recorder('useCache')
 
 /** L2 reads awaiting Redis (decides when a get builds its stream). */
 let readsInFlight = 0
@@ -39,6 +42,8 @@ function createUseCacheHandler(options) {
           // else is a promise, and its request is already on its way to Redis.
           hit = native.ucGetL2(cacheKey, isStringArray(softTags) ? softTags : [])
           if (hit instanceof Promise) {
+            // Timed from here: the clock is read only on this path, never on an L1 hit.
+            const t0 = performance.now()
             // Alone, a read builds its stream during the round trip, while the thread would
             // otherwise wait (on a miss it is dropped unused). With other reads in flight the
             // thread is busy anyway, and a stream built early costs more than one built after
@@ -51,13 +56,17 @@ function createUseCacheHandler(options) {
             } finally {
               readsInFlight--
             }
+            rec.l2Get(t0, cacheKey, hit)
             if (hit !== null && controller !== undefined) {
               controller.enqueue((Array.isArray(hit) ? hit[0] : hit).value)
               controller.close()
             }
+          } else if (debug.on) {
+            rec.l1Get(cacheKey, hit, true)
           }
         } else {
           hit = native.ucGet(cacheKey)
+          if (debug.on) rec.l1Get(cacheKey, hit, false)
         }
         if (hit === null) return undefined
         let entry = hit
@@ -109,7 +118,7 @@ function createUseCacheHandler(options) {
             entry.value.cancel().catch(() => {})
           }
           bootOnce()
-          setLocal(cacheKey, [], tags, stale, timestamp, expire, revalidate)
+          setLocal(rec, cacheKey, [], tags, stale, timestamp, expire, revalidate)
           return
         }
         let chunks
@@ -126,8 +135,8 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           outcome = hasL2()
-            ? await setShared(cacheKey, chunks, tags, stale, timestamp, expire, revalidate, subject)
-            : setLocal(cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
+            ? await setShared(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate, subject)
+            : setLocal(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
         } catch (err) {
           throw toStrataError(err)
         }
@@ -146,7 +155,16 @@ function createUseCacheHandler(options) {
       // strict mode reads then miss until a refresh succeeds).
       try {
         bootOnce()
-        if (hasL2()) await native.ucRefreshTags()
+        if (hasL2()) {
+          const t0 = performance.now()
+          try {
+            await native.ucRefreshTags()
+          } catch (err) {
+            rec.refreshTags(t0, err)
+            throw err
+          }
+          rec.refreshTags(t0)
+        }
       } catch (err) {
         warnOncePerCode('refreshTags', 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', err)
       }
@@ -165,7 +183,7 @@ function createUseCacheHandler(options) {
 
     async updateTags(tags, durations) {
       calls.updateTags++
-      await store.updateTags(bootOnce, tags, durations)
+      await store.updateTags(rec, bootOnce, tags, durations)
     },
   }
 }

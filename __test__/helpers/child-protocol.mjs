@@ -26,14 +26,17 @@ process.on('exit', () => { for (const p of live) p.kill('SIGKILL') })
 /**
  * Parent side: starts `script` (a file calling `serve`) with `env` on top of `baseEnv`, and
  * resolves once it is ready with `{ pid, call(op, args), stop() }`. Calls reject when the
- * child exits; `stop()` closes stdin and waits (SIGKILL after 5 s).
+ * child exits; `stop()` closes stdin and waits (SIGKILL after 5 s). The child's own output
+ * (the library's log lines) goes to this process's stderr, or, with `onOutput`, to
+ * `onOutput(line, 'stdout' | 'stderr')`.
  */
-export async function startChild(script, env = {}, { baseEnv = process.env, cwd } = {}) {
+export async function startChild(script, env = {}, { baseEnv = process.env, cwd, onOutput } = {}) {
   const proc = spawn(process.execPath, [script], {
     cwd,
     env: { ...baseEnv, STRATA_LOG: 'warn', ...env },
-    stdio: ['pipe', 'pipe', 'inherit'],
+    stdio: ['pipe', 'pipe', onOutput ? 'pipe' : 'inherit'],
   })
+  if (onOutput) readline.createInterface({ input: proc.stderr }).on('line', (line) => onOutput(line, 'stderr'))
   live.add(proc)
   const lines = readline.createInterface({ input: proc.stdout })
   const waiting = new Map()
@@ -44,7 +47,7 @@ export async function startChild(script, env = {}, { baseEnv = process.env, cwd 
     proc.once('exit', (code) => reject(new Error(`instance exited early (${code})`)))
   })
   lines.on('line', (line) => {
-    if (!line.startsWith('{')) return process.stderr.write(line + '\n') // the library's own log lines
+    if (!line.startsWith('{')) return onOutput ? onOutput(line, 'stdout') : process.stderr.write(line + '\n') // the library's own log lines
     const msg = JSON.parse(line)
     if (msg.ready) return onReady()
     const w = waiting.get(msg.id)

@@ -22,6 +22,10 @@ createUseCacheHandler({ nope: true })
 const s = stats()
 const hits: number | undefined = s.l1?.hits
 void hits
+const p99: number = s.latency.useCache.get.l2Hit.p99Ms + s.latency.incremental.set.buckets[s.latency.bucketsMs.length]
+void p99
+// @ts-expect-error get is split by outcome
+void s.latency.useCache.get.count
 
 const e = new StrataError('STRATA_CONFIG', 'x')
 const code: 'STRATA_CONFIG' | 'STRATA_INVALID_ARG' | string = e.code
