@@ -12,6 +12,7 @@
 // - build seeds read from a fake `.next` (never served again once invalidated, never written to
 //   Redis);
 // - construction is free (no store until first use, one store for every handler object).
+import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -770,5 +771,30 @@ describe('construction', () => {
     const after = await inst.call('stats')
     expect(after.l1.entries).toBe(2)
     expect(after.l1.maxBytes).toBe(stats.l1.maxBytes)
+  })
+})
+
+describe('a value over the limits', () => {
+  it('is a typed error from set when it can be stored nowhere, and a miss after', () => {
+    // A process of its own: L1 of 64 KiB, no Redis.
+    const script = `
+      const Handler = require('strata-cache/incremental')
+      const h = new Handler({})
+      const big = { kind: 'APP_ROUTE', body: Buffer.alloc(100 * 1024, 1), status: 200, headers: {} }
+      const small = { kind: 'APP_ROUTE', body: Buffer.from('ok'), status: 200, headers: {} }
+      ;(async () => {
+        let code
+        try { await h.set('/big', big, { cacheControl: { revalidate: 60 } }) } catch (e) { code = e.code + ' ' + e.message }
+        await h.set('/small', small, { cacheControl: { revalidate: 60 } })
+        const got = await h.get('/big', { kind: 'APP_ROUTE' })
+        const ok = await h.get('/small', { kind: 'APP_ROUTE' })
+        console.log(JSON.stringify({ code, big: got, small: ok && ok.value.body.toString() }))
+      })()`
+    const env = { ...process.env, STRATA_L1_MAX_BYTES: '65536', STRATA_LOG: 'error' }
+    for (const k of ['REDIS_URL', 'STRATA_REDIS_URL']) delete env[k]
+    const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { env, encoding: 'utf8' }).trim().split('\n').pop())
+    expect(out.code).toMatch(/^STRATA_TOO_LARGE an incremental cache entry \(\/big\) of 102\d{3} bytes is larger than l1MaxBytes \(65536\): not stored/)
+    expect(out.big).toBeNull()
+    expect(out.small).toBe('ok')
   })
 })

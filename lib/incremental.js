@@ -34,7 +34,7 @@ const { readFile, stat } = require('node:fs/promises')
 const path = require('node:path')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
-const { invalid, toStrataError } = require('./errors.js')
+const { StrataError, invalid, toStrataError } = require('./errors.js')
 const { isObject, isNonNegativeNumber } = require('./checks.js')
 const { log, warnOncePerCode, debug } = require('./log.js')
 const { recorder } = require('./metrics.js')
@@ -128,17 +128,23 @@ function createIncrementalCacheHandler(options) {
         bootOnce()
         const timestamp = now()
         const subject = () => `an incremental cache entry (${key.slice(0, 80)})`
+        let l1
+        let l2 = 'none'
         try {
-          if (hasL2()) {
-            await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
-            return
-          }
-          const outcome = setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
-          if (outcome === 'too-large-first') {
-            log('warn', `${subject()} is larger than the whole L1 (${store.settings().l1MaxBytes} bytes) and was not stored (warned once)`)
-          }
+          l1 = hasL2()
+            ? await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject, (o) => { l2 = o })
+            : setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
         } catch (err) {
           throw toStrataError(err)
+        }
+        // Stored nowhere (larger than all of L1, and than l2MaxValueBytes with Redis): a typed
+        // error, which Next logs ("Failed to update prerender cache"); the response is unaffected.
+        if (l1.startsWith('too-large') && (l2 === 'none' || l2.startsWith('too-large'))) {
+          const size = chunks.reduce((n, c) => n + c.byteLength, 0)
+          const limits = hasL2()
+            ? `l1MaxBytes (${store.settings().l1MaxBytes}) and l2MaxValueBytes (${store.settings().l2MaxValueBytes})`
+            : `l1MaxBytes (${store.settings().l1MaxBytes})`
+          throw new StrataError('STRATA_TOO_LARGE', `${subject()} of ${size} bytes is larger than ${limits}: not stored`)
         }
       } finally {
         endSet()

@@ -116,9 +116,9 @@ function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalid
 /**
  * Writes an entry (its value as chunks) to L1 and Redis, timed and reported by `rec`
  * (lib/metrics.js); warns when Redis did not take it (`subject()` names the entry). Resolves
- * with what L1 did with it.
+ * with what L1 did with it; `onL2(outcome)`, when given, learns what Redis did.
  */
-async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
+async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject, onL2) {
   const t0 = performance.now()
   let code
   try {
@@ -129,6 +129,7 @@ async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, 
   }
   const written = SET_L2[code & 7]
   rec.l2Set(t0, storeKey, chunks, SET_L1[code >> 3], written)
+  if (onL2 !== undefined) onL2(written)
   if (written === 'too-large-first') {
     log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
   } else if (written === 'failed') {
