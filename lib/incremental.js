@@ -32,6 +32,7 @@
  */
 const { readFile, stat } = require('node:fs/promises')
 const path = require('node:path')
+const { createRequire } = require('node:module')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
 const { StrataError, invalid, toStrataError } = require('./errors.js')
@@ -279,7 +280,7 @@ class SeedReader {
 
   /** The seed of `key` (inserted into L1 and judged there), or null. Never throws. */
   async seed(key, storeKey, ctx, serverDistDir) {
-    if (typeof serverDistDir !== 'string' || !key.startsWith('/route-cache/')) return null
+    if (typeof serverDistDir !== 'string') return null
     // Whether a seed applies depends on the read (a fallback shell, a PPR resume), so a
     // negative answer is remembered per variant of the read.
     const variant = `${Boolean(ctx && ctx.isFallback)}${Boolean(ctx && ctx.isRoutePPREnabled)}${key}`
@@ -321,20 +322,60 @@ class SeedReader {
   }
 }
 
+/**
+ * The minor version of the Next running this process (`16.<minor>`), or -1 when unknown: the few
+ * build-output rules that changed between minors follow it. Read once.
+ */
+function nextMinor() {
+  if (nextMinor.value === undefined) {
+    nextMinor.value = -1
+    try {
+      const fromApp = createRequire(path.join(process.cwd(), 'package.json'))
+      const version = fromApp('next/package.json').version
+      const m = /^16\.(\d+)\./.exec(version)
+      if (m) nextMinor.value = Number(m[1])
+    } catch {
+      // Not resolvable from here: the current rules apply.
+    }
+  }
+  return nextMinor.value
+}
+
+/**
+ * Next ≥ 16.3 keys responses `/route-cache/<KIND>/<owner>/$<path>` and accepts the build's
+ * `<path>` files only when their `.meta` names that very key; Next ≤ 16.2 keys them by the path
+ * itself and reads `<path>` files as they are (its `file-system-cache.js`, where a page's
+ * `.meta` is optional).
+ */
 async function readSeed(key, ctx, serverDistDir, routes) {
-  const kindEnd = key.indexOf('/', '/route-cache/'.length)
-  const kind = key.slice('/route-cache/'.length, kindEnd)
-  const marker = key.indexOf('/$/')
-  if (marker === -1 || !RESPONSE_KINDS.has(kind)) return null
-  const legacy = key.slice(marker + 2)
+  const scoped = key.startsWith('/route-cache/')
+  let kind = ctx && ctx.kind
+  let legacy = key
+  if (scoped) {
+    kind = key.slice('/route-cache/'.length, key.indexOf('/', '/route-cache/'.length))
+    const marker = key.indexOf('/$/')
+    if (marker === -1) return null
+    legacy = key.slice(marker + 2)
+  }
+  if (!RESPONSE_KINDS.has(kind)) return null
   const root = path.join(serverDistDir, kind === 'PAGES' ? 'pages' : 'app')
   const base = path.join(root, legacy)
   if (!base.startsWith(root + path.sep)) return null
-  const meta = JSON.parse(await readFile(`${base}.meta`, 'utf8'))
   const isFallback = Boolean(ctx && ctx.isFallback)
-  const pprShell = kind === 'APP_PAGE' && ctx && ctx.isRoutePPREnabled && meta.postponed != null
-  if (!meta.routeCache || meta.routeCache.key !== key || !(meta.routeCache.isFallback === isFallback || pprShell)) {
-    return null
+  let meta = {}
+  if (scoped) {
+    meta = JSON.parse(await readFile(`${base}.meta`, 'utf8'))
+    const pprShell = kind === 'APP_PAGE' && ctx && ctx.isRoutePPREnabled && meta.postponed != null
+    if (!meta.routeCache || meta.routeCache.key !== key || !(meta.routeCache.isFallback === isFallback || pprShell)) {
+      return null
+    }
+  } else {
+    try {
+      meta = JSON.parse(await readFile(`${base}.meta`, 'utf8'))
+    } catch (err) {
+      // A route's `.meta` (status, headers) is required, a page's is not.
+      if (kind === 'APP_ROUTE') throw err
+    }
   }
   const primary = kind === 'APP_ROUTE' ? `${base}.body` : `${base}.html`
   const lastModified = meta.routeCacheLastModified ?? (await stat(primary)).mtimeMs
@@ -353,8 +394,17 @@ async function readSeed(key, ctx, serverDistDir, routes) {
         }
       }
     }
+    // Which RSC file is the page's RSC data changed between minors (file-system-cache.js):
+    // 16.0 reads a PPR page's prefetch file, 16.1 none for a PPR page, 16.2+ the full one when
+    // nothing was postponed.
     let rscData
-    if (!isFallback && (!(ctx && ctx.isRoutePPREnabled) || meta.postponed == null)) {
+    const ppr = Boolean(ctx && ctx.isRoutePPREnabled)
+    const minor = nextMinor()
+    if (isFallback) {
+      rscData = undefined
+    } else if (minor === 0) {
+      rscData = await readFile(`${base}${ppr ? '.prefetch.rsc' : '.rsc'}`)
+    } else if (minor === 1 ? !ppr : !ppr || meta.postponed == null) {
       rscData = await readFile(`${base}.rsc`)
     }
     value = {

@@ -12,63 +12,26 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { buildApp, childEnv, freePort, repoRoot, startServer } from './next-app.mjs'
-
-const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8'))
-const platform = `${process.platform}-${process.arch}-gnu`
-const platformPkg = `strata-cache-${platform}`
-const addon = path.join(repoRoot, `strata-cache.${platform}.node`)
+import { buildApp, childEnv, freePort, startServer } from './next-app.mjs'
+import { PATH, env, installApp, packStrataCache, platform, platformPkg } from './installed-app.mjs'
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-install-'))
 const app = path.join(work, 'app')
-/** PATH without any Rust toolchain: a user installing from npm has none. */
-const PATH = process.env.PATH.split(path.delimiter).filter((d) => !fs.existsSync(path.join(d, 'cargo')) && !d.includes('.cargo')).join(path.delimiter)
-const env = { PATH, STRATA_LOG: 'warn' }
-
-function npm(args, cwd) {
-  return execFileSync('npm', [...args, '--no-audit', '--no-fund', '--fetch-retries=0'], { cwd, encoding: 'utf8', env: childEnv(env) })
-}
-
-/** The version of `dep` the repo itself runs with. */
-function installedVersion(dep) {
-  return JSON.parse(fs.readFileSync(path.join(repoRoot, 'node_modules', dep, 'package.json'), 'utf8')).version
-}
-
-function write(file, text) {
-  fs.mkdirSync(path.dirname(path.join(app, file)), { recursive: true })
-  fs.writeFileSync(path.join(app, file), text)
-}
 
 let server
 beforeAll(async () => {
-  // The platform package: npm/<platform>/package.json + the binary the build made.
-  const plat = path.join(work, 'platform')
-  fs.mkdirSync(plat)
-  fs.copyFileSync(path.join(repoRoot, 'npm', platform, 'package.json'), path.join(plat, 'package.json'))
-  fs.copyFileSync(addon, path.join(plat, path.basename(addon)))
-  npm(['pack', '--pack-destination', work], plat)
-  npm(['pack', '--pack-destination', work], repoRoot)
-  const main = path.join(work, `strata-cache-${pkg.version}.tgz`)
-  const files = execFileSync('tar', ['tzf', main], { encoding: 'utf8' }).split('\n')
+  const packed = packStrataCache(work)
+  const files = execFileSync('tar', ['tzf', packed.main], { encoding: 'utf8' }).split('\n')
   expect(files.filter((f) => f.endsWith('.node')), 'the main package ships no binary').toEqual([])
-
-  write('package.json', JSON.stringify({
-    name: 'installed-app',
-    private: true,
-    dependencies: {
-      next: installedVersion('next'),
-      react: installedVersion('react'),
-      'react-dom': installedVersion('react-dom'),
-      'strata-cache': `file:${main}`,
-      [platformPkg]: `file:${path.join(work, `${platformPkg}-${pkg.version}.tgz`)}`,
+  installApp(app, packed, {
+    files: {
+      // The one-line configuration, imported as a user does.
+      'next.config.mjs': `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({ output: 'standalone' })\n`,
+      'app/layout.js': `export default function Layout({ children }) { return <html><body>{children}</body></html> }\n`,
+      'app/api/time/route.js': `export const revalidate = 3600\nexport async function GET() { return Response.json({ value: \`\${Date.now()}-\${Math.random()}\` }) }\n`,
+      'app/api/stats/route.js': `import { connection } from 'next/server'\nimport { stats } from 'strata-cache'\nexport async function GET() { await connection(); return Response.json(stats()) }\n`,
     },
-  }))
-  npm(['install', '--prefer-offline'], app)
-  // The one-line configuration, imported as a user does.
-  write('next.config.mjs', `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({ output: 'standalone' })\n`)
-  write('app/layout.js', `export default function Layout({ children }) { return <html><body>{children}</body></html> }\n`)
-  write('app/api/time/route.js', `export const revalidate = 3600\nexport async function GET() { return Response.json({ value: \`\${Date.now()}-\${Math.random()}\` }) }\n`)
-  write('app/api/stats/route.js', `import { connection } from 'next/server'\nimport { stats } from 'strata-cache'\nexport async function GET() { await connection(); return Response.json(stats()) }\n`)
+  })
   const { ms } = await buildApp({ dir: app, env })
   console.log(`[e2e install] next build of the installed app: ${(ms / 1000).toFixed(1)} s`)
   server = await startServer({ dir: app, env, probePath: '/api/stats' })
