@@ -1,7 +1,7 @@
 // Installing strata-cache as a user does: the npm tarballs of the main package and of this
-// platform's package (prebuilt binary, an optional dependency), into a fresh app outside the
-// repository configured by `withStrataCache({ output: 'standalone' })`, with no Rust toolchain
-// on PATH; `next build`, `next start`, a cached response served by our handler; the standalone
+// platform's package (prebuilt binary, an optional dependency), into a fresh copy of
+// examples/demo outside the repository, configured by `withStrataCache({ …, output:
+// 'standalone' })` imported as a user writes it, with no Rust toolchain on PATH; `next build`, `next start`, a cached response served by our handler; the standalone
 // output copied elsewhere (no node_modules but what Next traced) and run the same way. Then the
 // error a user sees on a platform with no binary (the platform package hidden).
 //
@@ -12,8 +12,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { buildApp, childEnv, freePort, startServer } from './next-app.mjs'
-import { PATH, env, installApp, packStrataCache, platform, platformPkg } from './installed-app.mjs'
+import { buildApp, childEnv, freePort, parseValue, repoRoot, startServer } from './next-app.mjs'
+import { PATH, env, installApp, packStrataCache, platform, platformPkg, repoVersion } from './installed-app.mjs'
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-install-'))
 const app = path.join(work, 'app')
@@ -23,12 +23,15 @@ beforeAll(async () => {
   const packed = packStrataCache(work)
   const files = execFileSync('tar', ['tzf', packed.main], { encoding: 'utf8' }).split('\n')
   expect(files.filter((f) => f.endsWith('.node')), 'the main package ships no binary').toEqual([])
+  // A fresh copy of examples/demo, outside the repository, on the installed packages.
+  for (const part of ['app', 'lib', 'tsconfig.json']) {
+    fs.cpSync(path.join(repoRoot, 'examples/demo', part), path.join(app, part), { recursive: true })
+  }
   installApp(app, packed, {
+    devDependencies: Object.fromEntries(['typescript', '@types/react', '@types/node'].map((d) => [d, repoVersion(d)])),
     files: {
       // The one-line configuration, imported as a user does.
-      'next.config.mjs': `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({ output: 'standalone' })\n`,
-      'app/layout.js': `export default function Layout({ children }) { return <html><body>{children}</body></html> }\n`,
-      'app/api/time/route.js': `export const revalidate = 3600\nexport async function GET() { return Response.json({ value: \`\${Date.now()}-\${Math.random()}\` }) }\n`,
+      'next.config.mjs': `import { withStrataCache } from 'strata-cache/config'\nexport default withStrataCache({ cacheComponents: true, partialPrefetching: true, output: 'standalone' })\n`,
       'app/api/stats/route.js': `import { connection } from 'next/server'\nimport { stats } from 'strata-cache'\nexport async function GET() { await connection(); return Response.json(stats()) }\n`,
     },
   })
@@ -51,12 +54,17 @@ describe('installed from the npm tarballs, no Rust toolchain', () => {
   test('the binary comes from the platform package, and our handler serves the cached route', async () => {
     const resolved = execFileSync(process.execPath, ['-e', `console.log(require.resolve('${platformPkg}'))`], { cwd: app, encoding: 'utf8' }).trim()
     expect(resolved).toContain(path.join('node_modules', platformPkg))
-    const first = await server.fetchPage('/api/time')
-    const second = await server.fetchPage('/api/time')
-    expect(second.headers['x-nextjs-cache']).toBe('HIT')
-    expect(second.text).toBe(first.text)
+    // A static page of the demo: prerendered, served from the cache (our incremental handler).
+    const first = await server.fetchPage('/static')
+    const second = await server.fetchPage('/static')
+    expect([first.status, second.headers['x-nextjs-cache']]).toEqual([200, 'HIT'])
+    expect(parseValue(second.text, 'static')).toBe(parseValue(first.text, 'static'))
+    // A page rendered at request time through the 'use cache' handler.
+    const home = await server.fetchPage('/')
+    expect(parseValue(home.text, 'products')).toMatch(/-home$/)
     const stats = JSON.parse((await server.fetchPage('/api/stats')).text)
     expect(stats.incrementalCalls.get).toBeGreaterThan(0)
+    expect(stats.calls.get, "the 'use cache' handler").toBeGreaterThan(0)
   })
 
   test("output: 'standalone' runs from a directory with no node_modules of its own, on our handler", async () => {
@@ -84,9 +92,10 @@ describe('installed from the npm tarballs, no Rust toolchain', () => {
           }
         }
       }
-      const first = await get('/api/time')
-      const second = await get('/api/time')
-      expect([second.status, second.cache, second.text]).toEqual([200, 'HIT', first.text])
+      const first = await get('/static')
+      const second = await get('/static')
+      expect([second.status, second.cache]).toEqual([200, 'HIT'])
+      expect(parseValue(second.text, 'static')).toBe(parseValue(first.text, 'static'))
       const stats = JSON.parse((await get('/api/stats')).text)
       expect(stats.incrementalCalls.get, 'served by strata-cache').toBeGreaterThan(0)
     } finally {

@@ -48,7 +48,7 @@ export function packStrataCache(work) {
  * Writes `files` into `dir` and installs the packed strata-cache with next/react at `versions`
  * (default: the repo's), from npm's cache when it has them (`--prefer-offline`).
  */
-export function installApp(dir, packed, { files, next = repoVersion('next'), react = repoVersion('react') } = {}) {
+export function installApp(dir, packed, { files, devDependencies = {}, next = repoVersion('next'), react = repoVersion('react') } = {}) {
   const write = (file, text) => {
     fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true })
     fs.writeFileSync(path.join(dir, file), text)
@@ -63,6 +63,7 @@ export function installApp(dir, packed, { files, next = repoVersion('next'), rea
       'strata-cache': `file:${packed.main}`,
       [platformPkg]: `file:${packed.platform}`,
     },
+    devDependencies,
   }))
   for (const [file, text] of Object.entries(files)) write(file, text)
   npm(['install', '--prefer-offline'], dir)
