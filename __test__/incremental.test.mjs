@@ -659,6 +659,19 @@ for (const mode of modes) {
     if (mode.redis) {
       const entryKeyPattern = () => new RegExp(`^sc:${s.ns}:i:\\{[0-9a-f]{32}\\}$`)
 
+      it('one revalidateTag reaching both handlers in one tick is one Redis call; later ones are their own', async () => {
+        const invalidations = async () => (await s.writer.call('stats')).l2.invalidations
+        const tag = uid('both')
+        const before = await invalidations()
+        await s.writer.call('bothInvalidate', { tags: [tag] })
+        expect(await invalidations()).toBe(before + 1)
+        await s.writer.call('bothInvalidate', { tags: [tag], durations: { expire: 60 } })
+        expect(await invalidations()).toBe(before + 2)
+        await s.writer.call('ucUpdateTags', { tags: [tag] })
+        await s.writer.revalidateTag([tag])
+        expect(await invalidations()).toBe(before + 4)
+      })
+
       /** The Redis keys matching `pattern` that `action` creates. */
       async function keysCreatedBy(pattern, action) {
         const before = new Set(await s.client.keys(pattern))

@@ -144,6 +144,27 @@ async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, 
  * `durations.expire` seconds; without, expired now. One atomic Redis call with L2, timed and
  * reported by `rec` (lib/metrics.js).
  */
+/** Invalidations sent to Redis in the current tick, by tags and durations (see below). */
+const thisTick = new Map()
+
+/**
+ * Records `tags` in Redis. Next hands one `revalidateTag` to every configured handler in the
+ * same tick (`updateTags` of 'use cache' and the incremental cache's `revalidateTag`, in one
+ * `Promise.all`): an identical call made in the same tick joins the one already sent, so a tag
+ * costs one Redis call however many handlers are configured. Only within the tick: a later
+ * call always makes its own (its stamp must follow whatever was written in between).
+ */
+function sameTickInvalidation(tags, d) {
+  const key = JSON.stringify([tags, d])
+  let sent = thisTick.get(key)
+  if (sent === undefined) {
+    sent = native.ucUpdateTagsRemote(tags, d)
+    if (thisTick.size === 0) process.nextTick(() => thisTick.clear())
+    thisTick.set(key, sent)
+  }
+  return sent
+}
+
 async function updateTags(rec, bootOnce, tags, durations) {
   checkTags('tags', tags)
   let d = null
@@ -161,7 +182,7 @@ async function updateTags(rec, bootOnce, tags, durations) {
     if (l2) {
       const t0 = performance.now()
       try {
-        await native.ucUpdateTagsRemote(tags, d)
+        await sameTickInvalidation(tags, d)
       } catch (err) {
         rec.updateTags(t0, tags, d, toStrataError(err))
         throw err

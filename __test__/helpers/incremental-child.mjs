@@ -131,6 +131,10 @@ async function main() {
       return { valueBase64: (await readAll(e.value)).toString('base64'), tags: e.tags, revalidate: e.revalidate }
     },
     async ucUpdateTags({ tags, durations }) { await useCache.updateTags(tags, durations) },
+    // What Next does on revalidateTag with both handlers configured: every handler in one tick.
+    async bothInvalidate({ tags, durations }) {
+      await Promise.all([useCache.updateTags(tags, durations), new Handler({}).revalidateTag(tags, durations)])
+    },
     async ucRefreshTags() { await useCache.refreshTags() },
     async stats() { return stats() },
     async config() { return config() },
