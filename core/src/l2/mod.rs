@@ -228,6 +228,8 @@ struct Inner {
     max_ttl_ms: u64,
     log_max_len: usize,
     max_reply_bytes: usize,
+    /// For `rediss://`: the CA(s) to trust instead of the web PKI roots.
+    ca_pem: Option<Vec<u8>>,
     slot: Mutex<Slot>,
     generation: AtomicU64,
 }
@@ -339,6 +341,7 @@ impl L2 {
                 max_ttl_ms,
                 log_max_len: cfg.log_max_len.max(1),
                 max_reply_bytes: cfg.max_reply_bytes,
+                ca_pem: cfg.ca_pem.clone(),
                 slot: Mutex::new(Slot::Empty),
                 generation: AtomicU64::new(0),
             }),

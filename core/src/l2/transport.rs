@@ -405,8 +405,18 @@ impl Inner {
         match &self.backend {
             Backend::Single(client) => {
                 let info = client.get_connection_info();
-                if let redis::ConnectionAddr::Tcp(host, port) = info.addr() {
-                    return self.open_plain(host, *port, info.redis_settings()).await;
+                match info.addr() {
+                    redis::ConnectionAddr::Tcp(host, port) => {
+                        return self.open_plain(host, *port, info.redis_settings()).await;
+                    }
+                    // `#insecure` URLs (no certificate check) keep redis-rs' own TLS setup.
+                    redis::ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        ..
+                    } => return self.open_tls(host, *port, info.redis_settings()).await,
+                    _ => {}
                 }
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
@@ -433,6 +443,57 @@ impl Inner {
     ) -> RedisResult<Conn> {
         let stream = tokio::net::TcpStream::connect((host, port)).await?;
         stream.set_nodelay(true)?;
+        self.open_guarded(stream, settings).await
+    }
+
+    /// [`Inner::open_plain`] over TLS (`rediss://`): rustls with the web PKI roots, or the
+    /// configured CA (`redisCaFile`), as redis-rs would set it up, but with the guard in front
+    /// of the client library's reader.
+    async fn open_tls(
+        &self,
+        host: &str,
+        port: u16,
+        settings: &redis::RedisConnectionInfo,
+    ) -> RedisResult<Conn> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(pem) => {
+                use rustls::pki_types::pem::PemObject;
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| invalid(format!("redisCaFile: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| invalid(format!("redisCaFile: {e}")))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| invalid(format!("{host}: {e}")))?;
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        self.open_guarded(tls, settings).await
+    }
+
+    /// A multiplexed redis-rs connection over `stream`, read through a [`resp::FrameGuard`].
+    async fn open_guarded<S>(
+        &self,
+        stream: S,
+        settings: &redis::RedisConnectionInfo,
+    ) -> RedisResult<Conn>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let guarded = Guarded {
             inner: stream,
             guard: resp::FrameGuard::new(self.max_reply_bytes),
