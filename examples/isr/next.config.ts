@@ -13,9 +13,18 @@ import type { NextConfig } from 'next'
 //   against.
 const useStrata = process.env.STRATA_ISR_BUILTIN !== '1'
 
+/** The minor of the Next this app builds with (16.x). */
+function nextMinor(): number {
+  const { version } = createRequire(__filename)('next/package.json') as { version: string }
+  return Number(version.split('.')[1])
+}
+
 const nextConfig: NextConfig = {
   // Route handlers import strata-cache at run time (app/api/strata); never bundle it.
   serverExternalPackages: ['strata-cache'],
+  // Optimized images (`/_next/image`) are cached by the incremental cache handler too (an option
+  // of Next ≥ 16.2; earlier minors refuse it, and do not know its type).
+  ...(nextMinor() >= 2 ? { images: { customCacheHandler: true } as unknown as NextConfig['images'] } : {}),
 }
 
 export default useStrata
