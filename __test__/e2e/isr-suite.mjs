@@ -406,6 +406,25 @@ export function defineIsrSuite(prepare = async () => path.join(repoRoot, 'exampl
     })
   })
 
+  /**
+   * A route handler's revalidateTag/revalidatePath on `server`, and the moment Redis recorded it.
+   * Next runs a route handler's revalidations with `waitUntil`, after its response is sent (a
+   * server action's before): another instance can only see the invalidation once it is in
+   * Redis, one round trip later. Waits for that event (its `l2.invalidations` count), not a
+   * fixed time.
+   */
+  async function invalidateOn(server, url) {
+    const recorded = async () => (await strataStats(server)).l2?.invalidations ?? Infinity
+    const before = await recorded() // no L2 (the built-in handler): nothing to wait for
+    await server.fetchPage(url, { method: 'POST' })
+    if (before === Infinity) return
+    const deadline = Date.now() + 5_000
+    while ((await recorded()) <= before) {
+      if (Date.now() > deadline) throw new Error(`${url}: not recorded in Redis within 5 s`)
+      await delay(10)
+    }
+  }
+
   /** A server action's response says it revalidated: `1` since 16.1, `[[],1,0]`-style before. */
   function expectRevalidated(res) {
     expect(res.headers['x-action-revalidated']).toMatch(/^(1|\[\[.*\],1,\d\])$/)
@@ -460,7 +479,7 @@ export function defineIsrSuite(prepare = async () => path.join(repoRoot, 'exampl
       expect(pageB0.cache).toBe('HIT')
       const hits0 = origin.hits()
 
-      await a.fetchPage('/api/revalidate?tag=products', { method: 'POST' })
+      await invalidateOn(a, '/api/revalidate?tag=products')
 
       const pageB1 = await readProducts(b)
       expect(pageB1.cache, 'B after the tag expired on A').toBe('MISS')
@@ -482,7 +501,7 @@ export function defineIsrSuite(prepare = async () => path.join(repoRoot, 'exampl
       const { last: pageA0 } = await pollUntil(() => readProducts(a), (r) => r.cache === 'HIT')
       const hits0 = origin.hits()
 
-      await b.fetchPage('/api/revalidate?tag=products&profile=max', { method: 'POST' })
+      await invalidateOn(b, '/api/revalidate?tag=products&profile=max')
 
       const stale = await readProducts(a)
       expect(stale.cache, 'A after the tag went stale on B').toBe('STALE')
@@ -502,7 +521,7 @@ export function defineIsrSuite(prepare = async () => path.join(repoRoot, 'exampl
     test("revalidatePath('/isr') on A, and from a server action on B: the other one regenerates", async () => {
       await pollUntil(() => read(b, routes.isr), (r) => r.cache === 'HIT')
       const { last: isrA0 } = await pollUntil(() => read(a, routes.isr), (r) => r.cache === 'HIT')
-      await a.fetchPage('/api/revalidate?path=/isr', { method: 'POST' })
+      await invalidateOn(a, '/api/revalidate?path=/isr')
       const isrB1 = await read(b, routes.isr)
       expect(isrB1.cache, 'B after revalidatePath on A').toBe('MISS')
       expect(isrB1.value).not.toBe(isrA0.value)
