@@ -45,8 +45,8 @@ const store = require('./store.js')
 const { native, hasL2, pendingSet, beginSet, setLocal, setShared } = store
 const calls = store.incrementalCalls
 
-/** Store keys of this handler start with this (the core's `envelope::INCREMENTAL_KEY_PREFIX`). */
-const KEY_PREFIX = '\u0001i:'
+/** Store keys of this handler start with this: the core's, which keeps them apart (L1, Redis keys, envelope kind). */
+const KEY_PREFIX = native.incrementalKeyPrefix()
 /** Latency, OpenTelemetry and debug lines of this handler's operations (lib/metrics.js). */
 const rec = recorder('incremental', KEY_PREFIX)
 /** Next's `INFINITE_CACHE` (seconds): "never", what `revalidate: false` and no `expire` mean. */
@@ -103,7 +103,7 @@ function createIncrementalCacheHandler(options) {
         // Next throws on a FETCH entry under a response key and the reverse: a miss instead.
         if (kind !== undefined && (kind === 'FETCH') !== (value !== null && value.kind === 'FETCH')) return null
         let lastModified = entry.timestamp
-        if (staleByTag) lastModified = staleLastModified(lastModified, value, cacheControl, ctx)
+        if (staleByTag) lastModified = staleLastModified(lastModified, value, cacheControl)
         return cacheControl === undefined ? { value, lastModified } : { value, lastModified, cacheControl }
       } catch (err) {
         // A failing get must never fail a render: it is a miss.
@@ -132,9 +132,8 @@ function createIncrementalCacheHandler(options) {
         let l1
         let l2 = 'none'
         try {
-          l1 = hasL2()
-            ? await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject, (o) => { l2 = o })
-            : setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
+          if (hasL2()) ({ l1, l2 } = await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject))
+          else l1 = setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
         } catch (err) {
           throw toStrataError(err)
         }
@@ -254,8 +253,7 @@ function lifetimes(data, cacheControl, ctx) {
  * that window (and never past `expire`, which would make it a blocking miss). With no window
  * (`revalidate: false`) the only way left is -1: Next regenerates before answering.
  */
-function staleLastModified(lastModified, value, cacheControl, ctx) {
-  const t = now()
+function staleLastModified(lastModified, value, cacheControl) {
   if (value !== null && value.kind === 'FETCH') {
     // FETCH: `age > (ctx.revalidate || value.revalidate)`; an age of "since the epoch" is
     // past any window.
@@ -263,7 +261,7 @@ function staleLastModified(lastModified, value, cacheControl, ctx) {
   }
   const revalidate = cacheControl !== undefined ? cacheControl.revalidate : undefined
   if (typeof revalidate !== 'number') return -1
-  return Math.min(lastModified, t - revalidate * 1000 - 1)
+  return Math.min(lastModified, now() - revalidate * 1000 - 1)
 }
 
 /**

@@ -116,9 +116,9 @@ function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalid
 /**
  * Writes an entry (its value as chunks) to L1 and Redis, timed and reported by `rec`
  * (lib/metrics.js); warns when Redis did not take it (`subject()` names the entry). Resolves
- * with what L1 did with it; `onL2(outcome)`, when given, learns what Redis did.
+ * with what L1 and Redis did with it: `{ l1, l2 }` (SET_L1, SET_L2 names).
  */
-async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject, onL2) {
+async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
   const t0 = performance.now()
   let code
   try {
@@ -128,14 +128,14 @@ async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, 
     throw err
   }
   const written = SET_L2[code & 7]
-  rec.l2Set(t0, storeKey, chunks, SET_L1[code >> 3], written)
-  if (onL2 !== undefined) onL2(written)
+  const l1 = SET_L1[code >> 3]
+  rec.l2Set(t0, storeKey, chunks, l1, written)
   if (written === 'too-large-first') {
     log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
   } else if (written === 'failed') {
     logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
   }
-  return SET_L1[code >> 3]
+  return { l1, l2: written }
 }
 
 /**

@@ -135,7 +135,7 @@ function createUseCacheHandler(options) {
         let outcome
         try {
           outcome = hasL2()
-            ? await setShared(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate, subject)
+            ? (await setShared(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate, subject)).l1
             : setLocal(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
         } catch (err) {
           throw toStrataError(err)

@@ -298,6 +298,13 @@ pub fn set_entry_factory(env: Env, factory: js_entry::JsFunction) -> Result<(), 
     panic::guard(move || js_entry::set_factory(&env, factory))
 }
 
+/// What store keys of the incremental handler start with (`strata_core::envelope::INCREMENTAL_KEY_PREFIX`),
+/// so that the JS shim and the core agree on it from one definition.
+#[napi(js_name = "incrementalKeyPrefix")]
+pub fn incremental_key_prefix() -> String {
+    strata_core::envelope::INCREMENTAL_KEY_PREFIX.to_owned()
+}
+
 /// Whether an L2 (Redis) is in use.
 #[napi(js_name = "hasL2")]
 pub fn has_l2() -> bool {

@@ -74,9 +74,14 @@ pub fn inject(place: Place) {
     }
 }
 
-/// The error a contained panic becomes where a promise rejects or an export throws.
+/// The error a contained panic becomes where a promise rejects.
+pub fn contained_error() -> strata_core::Error {
+    strata_core::Error::Internal("internal error (a panic, contained; see the log)".into())
+}
+
+/// [`contained_error`] where an export throws or a bridged promise rejects.
 pub fn contained() -> napi::Error<crate::Code> {
-    crate::internal("internal error (a panic, contained; see the log)")
+    crate::to_js(contained_error())
 }
 
 /// Runs an export's body: a panic becomes [`contained`].

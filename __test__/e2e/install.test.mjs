@@ -7,12 +7,12 @@
 //
 // next/react/react-dom are installed at the versions the repo tests, from npm's cache (the
 // repo's own `npm install` filled it: `--prefer-offline`); strata-cache only from the tarballs.
-import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { buildApp, childEnv, freePort, parseValue, repoRoot, startServer } from './next-app.mjs'
+import { buildApp, childEnv, parseValue, repoRoot, startServer } from './next-app.mjs'
 import { PATH, env, installApp, packStrataCache, platform, platformPkg, repoVersion } from './installed-app.mjs'
 
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-install-'))
@@ -72,34 +72,16 @@ describe('installed from the npm tarballs, no Rust toolchain', () => {
     const standalone = path.join(work, 'standalone')
     fs.cpSync(path.join(app, '.next/standalone'), standalone, { recursive: true, verbatimSymlinks: true })
     expect(fs.existsSync(path.join(standalone, 'node_modules', platformPkg)), `${platformPkg} traced into the standalone output`).toBe(true)
-    const port = await freePort()
-    const proc = spawn(process.execPath, ['server.js'], {
-      cwd: standalone,
-      env: childEnv({ ...env, PORT: String(port), HOSTNAME: '127.0.0.1' }),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
+    const copy = await startServer({ mode: 'standalone', dir: standalone, env, probePath: '/api/stats' })
     try {
-      const url = `http://127.0.0.1:${port}`
-      const get = async (p) => {
-        const deadline = Date.now() + 20_000
-        for (;;) {
-          try {
-            const res = await fetch(url + p)
-            return { status: res.status, cache: res.headers.get('x-nextjs-cache'), text: await res.text() }
-          } catch (err) {
-            if (Date.now() > deadline) throw err
-            await new Promise((r) => setTimeout(r, 100))
-          }
-        }
-      }
-      const first = await get('/static')
-      const second = await get('/static')
-      expect([second.status, second.cache]).toEqual([200, 'HIT'])
+      const first = await copy.fetchPage('/static')
+      const second = await copy.fetchPage('/static')
+      expect([second.status, second.headers['x-nextjs-cache']]).toEqual([200, 'HIT'])
       expect(parseValue(second.text, 'static')).toBe(parseValue(first.text, 'static'))
-      const stats = JSON.parse((await get('/api/stats')).text)
+      const stats = JSON.parse((await copy.fetchPage('/api/stats')).text)
       expect(stats.incrementalCalls.get, 'served by strata-cache').toBeGreaterThan(0)
     } finally {
-      proc.kill('SIGKILL')
+      await copy.stop()
     }
   })
 

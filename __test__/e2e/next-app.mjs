@@ -124,10 +124,12 @@ export function killLeftoverServers(run = runId()) {
 }
 
 /**
- * Starts `next start` for the built app. Resolves once the server printed its "Ready" line and
- * answered one request. Options: `env` (merged over the caller's environment), `port`
- * (default: a free one), `host` (default 127.0.0.1), `readyTimeoutMs`, `dir` (the app, default
- * `appDir`), `probePath` (the first request, must answer 200; default `/api/strata-stats`).
+ * Starts the app's server: `next start` of the built app (`mode: 'start'`, the default),
+ * `next dev` (`'dev'`), or the `server.js` of an `output: 'standalone'` build (`'standalone'`,
+ * `dir` = that directory). Resolves once the server printed its "Ready" line and answered one
+ * request. Options: `env` (merged over the caller's environment), `port` (default: a free one),
+ * `host` (default 127.0.0.1), `readyTimeoutMs`, `dir` (the app, default `appDir`), `probePath`
+ * (the first request, must answer 200; default `/api/strata-stats`).
  */
 export async function startServer({
   env = {},
@@ -136,14 +138,16 @@ export async function startServer({
   readyTimeoutMs = 30_000,
   dir = appDir,
   probePath = '/api/strata-stats',
+  mode = 'start',
 } = {}) {
-  if (!fs.existsSync(path.join(dir, '.next/BUILD_ID'))) {
+  if (mode !== 'dev' && !fs.existsSync(path.join(dir, '.next/BUILD_ID'))) {
     throw new Error(`${dir} is not built: run the e2e tests through vitest (global-setup builds it) or \`next build\``)
   }
   port ??= await freePort(host)
-  const child = spawn(process.execPath, [nextBinFor(dir), 'start', '-p', String(port), '-H', host], {
+  const args = mode === 'standalone' ? ['server.js'] : [nextBinFor(dir), mode, '-p', String(port), '-H', host]
+  const child = spawn(process.execPath, args, {
     cwd: dir,
-    env: childEnv({ PORT: String(port), ...env }),
+    env: childEnv({ PORT: String(port), HOSTNAME: host, ...env }),
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true, // own process group, so stop() reaches everything Next spawns
   })
@@ -235,7 +239,7 @@ export async function startServer({
   try {
     await new Promise((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`next start did not print "Ready" within ${readyTimeoutMs} ms:\n${output}`)),
+        () => reject(new Error(`next ${mode} did not print "Ready" within ${readyTimeoutMs} ms:\n${output}`)),
         readyTimeoutMs,
       )
       const onData = (chunk) => {
@@ -250,7 +254,7 @@ export async function startServer({
       child.stderr.setEncoding('utf8').on('data', onData)
       exitPromise.then(({ code, signal }) => {
         clearTimeout(timer)
-        reject(new Error(`next start exited (${code ?? signal}) before it was ready:\n${output}`))
+        reject(new Error(`next ${mode} exited (${code ?? signal}) before it was ready:\n${output}`))
       })
     })
     // "Ready" is printed once the socket listens; one request confirms it serves the app.

@@ -171,29 +171,10 @@ impl Cache {
                     "a namespace is required with Redis",
                 ))
             }
-            (Some(urls), Some(namespace)) => {
+            (Some(_), Some(namespace)) => {
                 let max_ttl = Duration::from_secs(config.max_ttl_seconds);
                 let max_value = usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX);
-                let l2 = L2::with_clock(
-                    L2Config {
-                        urls: urls.split(',').map(|u| u.trim().to_owned()).collect(),
-                        cluster: config.cluster,
-                        namespace,
-                        op_timeout: Duration::from_millis(config.redis_timeout_ms),
-                        connect_timeout: Duration::from_millis(config.redis_timeout_ms.max(1000)),
-                        max_ttl,
-                        log_max_len: 10_000,
-                        max_reply_bytes: max_envelope(max_value),
-                        breaker: Default::default(),
-                        ca_pem: match &config.redis_ca_file {
-                            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                                Error::config("redisCaFile", format!("cannot read {path}: {e}"))
-                            })?),
-                            None => None,
-                        },
-                    },
-                    clock,
-                )?;
+                let l2 = L2::with_clock(L2Config::from_config(config, namespace)?, clock)?;
                 Some(Remote {
                     l2,
                     cursor: Mutex::new(LogCursor::default()),
@@ -246,7 +227,7 @@ impl Cache {
     pub fn max_reply_bytes(&self) -> usize {
         self.remote
             .as_ref()
-            .map_or(resp::DEFAULT_MAX_REPLY, |r| max_envelope(r.max_value))
+            .map_or(resp::DEFAULT_MAX_REPLY, |r| r.l2.max_reply_bytes())
     }
 
     /// Invalidations waiting for Redis.
@@ -433,14 +414,22 @@ impl Cache {
             expire,
             revalidate,
         };
-        // Fields from outside: out of range (whatever the checksum says) is a decode error.
-        if !crate::clock::is_valid_timestamp_ms(server_ts) || meta.validate().is_err() {
+        // Fields from outside: out of range (whatever the checksum says) is a decode error;
+        // `admit` validates them as it does a `set`'s.
+        if !crate::clock::is_valid_timestamp_ms(server_ts) {
             Metrics::inc(&r.metrics.decode_errors);
             return None;
         }
-        if self.store.admit(&meta).ok().flatten().is_some() {
-            Metrics::inc(&r.metrics.misses);
-            return None;
+        match self.store.admit(&meta) {
+            Err(_) => {
+                Metrics::inc(&r.metrics.decode_errors);
+                return None;
+            }
+            Ok(Some(_)) => {
+                Metrics::inc(&r.metrics.misses);
+                return None;
+            }
+            Ok(None) => {}
         }
         Some(Entry::new(Arc::from(key), payload, meta, server_ts))
     }
@@ -504,13 +493,17 @@ impl Cache {
                 l2: L2Write::None,
             }));
         };
-        if value.len() > r.max_value {
+        // Kept out of L2 (counted, warned once): L1-only.
+        let too_large = || {
             Metrics::inc(&r.metrics.too_large);
             let first = !r.warned_too_large.swap(true, Ordering::Relaxed);
-            return Ok(SetPlan::Done(SetReport {
+            Ok(SetPlan::Done(SetReport {
                 l1,
                 l2: L2Write::TooLarge { first },
-            }));
+            }))
+        };
+        if value.len() > r.max_value {
+            return too_large();
         }
         // With headroom the caller frames the envelope in place: leave room for its tail too.
         let spare = if headroom > 0 { L2::SET_TAIL_MAX } else { 0 };
@@ -534,14 +527,9 @@ impl Cache {
             Ok(e) => e,
             Err(e) => return Err(Error::invalid_arg("entry", e.to_string())),
         };
-        if envelope.len() - headroom > max_envelope(r.max_value) {
+        if envelope.len() - headroom > r.l2.max_reply_bytes() {
             // A huge key or tag list: readers would refuse the reply (see `max_reply_bytes`).
-            Metrics::inc(&r.metrics.too_large);
-            let first = !r.warned_too_large.swap(true, Ordering::Relaxed);
-            return Ok(SetPlan::Done(SetReport {
-                l1,
-                l2: L2Write::TooLarge { first },
-            }));
+            return too_large();
         }
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
         let ttl =
@@ -780,25 +768,9 @@ impl Cache {
     /// Re-measures `offset = redis_time − local_time` (error ≈ half a round trip).
     pub async fn sync_clock(&self) {
         let Some(r) = &self.remote else { return };
-        // The best of a few readings (the shortest round trip bounds the error best; the first
-        // may include connecting and loading the script).
-        let mut best: Option<crate::l2::ServerTime> = None;
-        for _ in 0..CLOCK_SAMPLES {
-            if let Ok(t) = r.l2.server_time().await {
-                if best.as_ref().is_none_or(|b| t.rtt_ms < b.rtt_ms) {
-                    best = Some(t);
-                }
-            }
-        }
-        if let Some(t) = best {
-            // Redis read its clock somewhere inside the round trip, so the true offset lies in
-            // [server − local_after, server − local_before]. The lower bound is taken: entries
-            // are then stamped no later than they were written, and an invalidation made just
-            // after a write always reaches it (the other choice lets it survive by up to half
-            // a round trip). The cost: an entry written within that error after an
-            // invalidation is taken for older than it, one extra miss.
-            let local_after = t.local_mid_ms + t.rtt_ms / 2.0;
-            self.store.clock().set_offset(t.server_ms - local_after);
+        // The best of a few readings, its offset's lower bound (see `ServerTime::offset_ms`).
+        if let Ok((t, _)) = r.l2.best_server_time(CLOCK_SAMPLES).await {
+            self.store.clock().set_offset(t.offset_ms());
             r.clock_synced.store(true, Ordering::Release);
         }
     }
@@ -830,14 +802,6 @@ impl Cache {
     pub fn get_expiration(&self, tags: &[String]) -> f64 {
         self.store.get_expiration(tags)
     }
-}
-
-/// Room for the key, the tags and the fixed fields of an envelope around a payload.
-const ENVELOPE_HEADROOM: usize = 4 * 1024 * 1024;
-
-/// The largest envelope written (and accepted) for payloads of at most `max_value` bytes.
-fn max_envelope(max_value: usize) -> usize {
-    max_value.saturating_add(ENVELOPE_HEADROOM)
 }
 
 #[cfg(test)]

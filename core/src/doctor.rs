@@ -134,29 +134,11 @@ pub async fn run(
             return report;
         }
     };
-    let ca_pem = match &config.redis_ca_file {
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                report.push("tls", Status::Fail, format!("cannot read {path}: {e}"));
-                return report;
-            }
-        },
-        None => None,
-    };
     let op_timeout = Duration::from_millis(config.redis_timeout_ms);
-    let l2 = match L2::with_clock(
-        L2Config {
-            urls,
-            cluster: config.cluster,
-            namespace,
-            op_timeout,
-            connect_timeout: Duration::from_millis(config.redis_timeout_ms.max(1000)),
-            ca_pem,
-            ..L2Config::default()
-        },
-        Arc::clone(&clock),
-    ) {
+    // The same L2 the server would make (`L2Config::from_config`).
+    let built = L2Config::from_config(config, namespace)
+        .and_then(|cfg| L2::with_clock(cfg, Arc::clone(&clock)));
+    let l2 = match built {
         Ok(l2) => l2,
         Err(e) => {
             report.push("connect", Status::Fail, e.to_string());
@@ -165,39 +147,23 @@ pub async fn run(
     };
 
     // The round trip and clock offset, as the cache measures them.
-    let mut rtts = Vec::with_capacity(SAMPLES);
-    let mut best = None;
-    let mut first_error = None;
-    for _ in 0..SAMPLES {
-        match l2.server_time().await {
-            Ok(t) => {
-                rtts.push(t.rtt_ms);
-                if best
-                    .as_ref()
-                    .is_none_or(|b: &crate::l2::ServerTime| t.rtt_ms < b.rtt_ms)
-                {
-                    best = Some(t);
+    let (best, mut rtts) = match l2.best_server_time(SAMPLES).await {
+        Ok(found) => found,
+        Err(e) => {
+            let detail = match e {
+                Error::Timeout { .. } => format!(
+                    "Redis did not answer within the {} ms deadline (STRATA_REDIS_TIMEOUT_MS): \
+                     unreachable, or not answering",
+                    config.redis_timeout_ms
+                ),
+                Error::Unavailable(msg) if msg.contains("circuit open") => {
+                    "Redis kept failing (connection refused or timed out)".to_owned()
                 }
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+                e => format!("cannot use Redis: {e}"),
+            };
+            report.push("connect", Status::Fail, detail);
+            return report;
         }
-    }
-    let Some(best) = best else {
-        let detail = match first_error {
-            Some(Error::Timeout { .. }) | None => format!(
-                "Redis did not answer within the {} ms deadline (STRATA_REDIS_TIMEOUT_MS): \
-                 unreachable, or not answering",
-                config.redis_timeout_ms
-            ),
-            Some(Error::Unavailable(msg)) if msg.contains("circuit open") => {
-                "Redis kept failing (connection refused or timed out)".to_owned()
-            }
-            Some(e) => format!("cannot use Redis: {e}"),
-        };
-        report.push("connect", Status::Fail, detail);
-        return report;
     };
     report.push("connect", Status::Ok, "connected, TIME script answered");
     rtts.sort_by(f64::total_cmp);
@@ -222,7 +188,7 @@ pub async fn run(
             }
         ),
     );
-    let offset = best.server_ms - (best.local_mid_ms + best.rtt_ms / 2.0);
+    let offset = best.offset_ms();
     let offset_status = if offset.abs() > 1000.0 {
         Status::Warn
     } else {

@@ -203,7 +203,7 @@ pub(super) fn settle(
                         unsafe { sys::napi_resolve_deferred(env, deferred, v) };
                     }
                     None => {
-                        let err = error_value(&env_ref, &contained_error());
+                        let err = error_value(&env_ref, &crate::panic::contained_error());
                         // SAFETY: as just above; `err` was just created in `env`.
                         unsafe { sys::napi_reject_deferred(env, deferred, err) };
                     }
@@ -282,7 +282,7 @@ fn settle_refresh(
         judge_refresh(env, g, covered, reply)
     });
     let (value, reject) =
-        judged.unwrap_or_else(|| (Ok(error_value(env, &contained_error())), true));
+        judged.unwrap_or_else(|| (Ok(error_value(env, &crate::panic::contained_error())), true));
     let value = value.unwrap_or_else(|_| undefined(env));
     for deferred in deferreds {
         // SAFETY: `env` is this thread's environment, in `settle`'s handle scope; each deferred
@@ -328,11 +328,6 @@ fn judge_refresh(
             }
         }
     }
-}
-
-/// What a contained panic becomes for a promise this path rejects.
-fn contained_error() -> strata_core::Error {
-    strata_core::Error::Internal("internal error (a panic, contained; see the log)".into())
 }
 
 fn null(env: &Env) -> sys::napi_value {

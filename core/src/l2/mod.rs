@@ -106,6 +106,44 @@ pub struct L2Config {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Room for the key, the tags and the fixed fields of an envelope around a payload.
+const ENVELOPE_HEADROOM: usize = 4 * 1024 * 1024;
+
+/// The largest envelope written (and accepted as a reply) for payloads of at most
+/// `max_value_bytes`: a bigger reply is never ours.
+pub fn max_envelope(max_value_bytes: usize) -> usize {
+    max_value_bytes.saturating_add(ENVELOPE_HEADROOM)
+}
+
+impl L2Config {
+    /// The L2 of a resolved configuration in `namespace`: the one rule for the cache and for
+    /// `doctor` (URLs, deadlines, the reply bound, the CA file).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `redisCaFile` cannot be read; an `L2Config` for no Redis URL has
+    /// no URLs (which [`L2::new`] refuses).
+    pub fn from_config(config: &crate::config::Config, namespace: String) -> Result<Self> {
+        let urls = config.redis_url.as_deref().unwrap_or_default();
+        let max_value = usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX);
+        Ok(L2Config {
+            urls: urls.split(',').map(|u| u.trim().to_owned()).collect(),
+            cluster: config.cluster,
+            namespace,
+            op_timeout: Duration::from_millis(config.redis_timeout_ms),
+            connect_timeout: Duration::from_millis(config.redis_timeout_ms.max(1000)),
+            max_ttl: Duration::from_secs(config.max_ttl_seconds),
+            max_reply_bytes: max_envelope(max_value),
+            ca_pem: match &config.redis_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    Error::config("redisCaFile", format!("cannot read {path}: {e}"))
+                })?),
+                None => None,
+            },
+            ..L2Config::default()
+        })
+    }
+}
+
 impl Default for L2Config {
     /// No URL (set one), namespace `"default"`, and the defaults documented on each field.
     fn default() -> Self {
@@ -196,6 +234,18 @@ pub struct ServerTime {
     pub local_mid_ms: f64,
     /// The round trip in ms; `server_ms - local_mid_ms` is off by at most about half of it.
     pub rtt_ms: f64,
+}
+
+impl ServerTime {
+    /// `redis clock − local clock`, the lower bound of what this reading allows: Redis read its
+    /// clock somewhere inside the round trip, so the true offset lies in [server − local_after,
+    /// server − local_before]. With the lower bound entries are stamped no later than they were
+    /// written, and an invalidation made just after a write always reaches it (the other
+    /// choice lets it survive by up to half a round trip); the cost is that an entry written
+    /// within that error after an invalidation is taken for older than it: one extra miss.
+    pub fn offset_ms(&self) -> f64 {
+        self.server_ms - (self.local_mid_ms + self.rtt_ms / 2.0)
+    }
 }
 
 /// The Redis L2. `Send + Sync`; share it in an `Arc`. Use it from one tokio runtime (the
@@ -361,6 +411,11 @@ impl L2 {
     /// The deadline of every operation.
     pub fn op_timeout(&self) -> Duration {
         self.inner.op_timeout
+    }
+
+    /// The longest reply accepted ([`max_envelope`] of the configured value bound).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.inner.max_reply_bytes
     }
 
     /// Where a direct connection (the event-loop read path, `src/uv/`) can go: a
@@ -637,6 +692,33 @@ impl L2 {
             })
         }
         parse_refresh(value(reply)?)
+    }
+
+    /// The reading with the shortest round trip of `samples` [`L2::server_time`] calls (it
+    /// bounds the offset best; the first call may include connecting), with every round trip
+    /// measured, in ms. The first error when none answered.
+    pub async fn best_server_time(&self, samples: usize) -> Result<(ServerTime, Vec<f64>)> {
+        let mut best: Option<ServerTime> = None;
+        let mut rtts = Vec::with_capacity(samples);
+        let mut first_error = None;
+        for _ in 0..samples.max(1) {
+            match self.server_time().await {
+                Ok(t) => {
+                    rtts.push(t.rtt_ms);
+                    if best.as_ref().is_none_or(|b| t.rtt_ms < b.rtt_ms) {
+                        best = Some(t);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (best, first_error) {
+            (Some(t), _) => Ok((t, rtts)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::Internal("no clock reading".to_owned())),
+        }
     }
 
     /// Reads Redis' clock on the node that stamps invalidations; the caller's offset estimate

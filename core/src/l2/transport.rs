@@ -441,9 +441,8 @@ impl Inner {
         port: u16,
         settings: &redis::RedisConnectionInfo,
     ) -> RedisResult<Conn> {
-        let stream = tokio::net::TcpStream::connect((host, port)).await?;
-        stream.set_nodelay(true)?;
-        self.open_guarded(stream, settings).await
+        self.open_guarded(connect_tcp(host, port).await?, settings)
+            .await
     }
 
     /// [`Inner::open_plain`] over TLS (`rediss://`): rustls with the web PKI roots, or the
@@ -477,10 +476,8 @@ impl Inner {
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| invalid(format!("{host}: {e}")))?;
-        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-        tcp.set_nodelay(true)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+            .connect(name, connect_tcp(host, port).await?)
             .await?;
         self.open_guarded(tls, settings).await
     }
@@ -516,6 +513,13 @@ impl Inner {
             *slot = Slot::Empty;
         }
     }
+}
+
+/// A TCP connection to `host:port` with `TCP_NODELAY` (requests are small and answered at once).
+async fn connect_tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// The credentials in `urls` as they may appear in text: `user:password`, the password alone,
