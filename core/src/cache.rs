@@ -26,9 +26,10 @@ use crate::entry::{Entry, EntryMeta};
 use crate::envelope::{self, Compression, EnvelopeMeta, Kind};
 use crate::error::{Error, Result};
 use crate::l1::RemovalHook;
+use crate::l2::protocol::{self, Call};
 use crate::l2::{L2Config, LogCursor, Refresh, L2};
 use crate::metrics::Metrics;
-use crate::resp;
+use crate::resp::{self, Reply};
 use crate::store::{Lookup, SetOutcome, Stats, Store};
 use crate::tags::Durations;
 
@@ -43,15 +44,29 @@ const CLOCK_SAMPLES: usize = 3;
 /// unchanged, so a value written and read on one host round-trips exactly.
 pub const SAME_CLOCK_MS: f64 = 1.0;
 
+/// What [`Cache::start_get`] decided after an L1 miss.
+#[derive(Debug)]
+pub enum GetStep {
+    /// Answered without a round trip (no L2, strict mode without a verified tag state, breaker
+    /// open: the L1 copy or a miss).
+    Done(Lookup),
+    /// Send [`L2::get_command`] of the key as this call, then hand its reply to
+    /// [`Cache::finish_get`].
+    Send(Call),
+}
+
 /// What [`Cache::plan_set`] decided.
 #[derive(Debug)]
 pub enum SetPlan {
     /// Nothing to write to L2 (no L2, not stored, too large): the report is final.
     Done(SetReport),
-    /// Stored in L1; write `envelope[at..]` to L2 with `ttl`, then call [`Cache::finish_set`].
+    /// Stored in L1; send [`L2::set_command`] of `envelope[at..]` with `ttl` as `call`, then
+    /// report its reply with [`Cache::finish_set`].
     Write {
         /// The L1 outcome.
         l1: SetOutcome,
+        /// The L2 call (permit and deadline) to send it in.
+        call: Call,
         /// The bytes to store, after the `at` bytes of headroom the caller asked for.
         envelope: Vec<u8>,
         /// Where the stored bytes start in `envelope`.
@@ -283,27 +298,55 @@ impl Cache {
 
     /// `get` after [`Cache::get_local_fresh`] missed: reads L2, keeps whichever of the L1 and
     /// L2 copies is newer (promoting the L2 one into L1), and judges it with the same rules,
-    /// soft tags included. Never fails: any problem is a miss, or the L1 copy (counted).
+    /// soft tags included. Never fails: any problem is a miss, or the L1 copy (counted). On the
+    /// tokio transport; [`Cache::start_get`] and [`Cache::finish_get`] are its two halves, for
+    /// any transport.
     pub async fn get_remote<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
         let Some(r) = &self.remote else {
             return self.store.get(key);
         };
-        if r.strict && !r.verified.load(Ordering::Acquire) {
-            return Lookup::Miss;
-        }
         self.ensure_clock().await;
-        let fetched = r.l2.get_entry(key).await;
-        self.finish_remote(key, soft_tags, fetched)
+        match self.start_get(key, soft_tags) {
+            GetStep::Done(lookup) => lookup,
+            GetStep::Send(call) => {
+                let reply = r.l2.carry(call, &r.l2.get_command(key)).await;
+                self.finish_get(key, soft_tags, reply)
+            }
+        }
     }
 
-    /// Whether an L2 read may be made outside [`Cache::get_remote`] (the event-loop read path)
-    /// and finished with [`Cache::finish_remote`]: there is an L2, strict mode (if on) has a
-    /// verified tag state, and the clock offset to Redis is known.
-    pub fn direct_read_ready(&self) -> bool {
-        self.remote.as_ref().is_some_and(|r| {
-            (!r.strict || r.verified.load(Ordering::Acquire))
-                && r.clock_synced.load(Ordering::Acquire)
-        })
+    /// Whether the clock offset to Redis is known: L2 entries are stamped and read in Redis'
+    /// clock, so a transport that cannot wait for [`Cache::sync_clock`] (the event loop's)
+    /// leaves reads and writes to the runtime until then.
+    pub fn clock_synced(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.clock_synced.load(Ordering::Acquire))
+    }
+
+    /// The first half of an L2 read after an L1 miss: what to send, or the answer at once.
+    pub fn start_get<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> GetStep {
+        let Some(r) = &self.remote else {
+            return GetStep::Done(self.store.get(key));
+        };
+        if r.strict && !r.verified.load(Ordering::Acquire) {
+            return GetStep::Done(Lookup::Miss);
+        }
+        match r.l2.begin("get_entry") {
+            Ok(call) => GetStep::Send(call),
+            Err(e) => GetStep::Done(self.finish_remote(key, soft_tags, Err(e))),
+        }
+    }
+
+    /// The second half: the reply to the `GET` (as [`protocol::Call::end`] judged it), read
+    /// with [`Cache::finish_remote`]. Never fails.
+    pub fn finish_get<S: AsRef<str>>(
+        &self,
+        key: &str,
+        soft_tags: &[S],
+        reply: Result<Reply>,
+    ) -> Lookup {
+        self.finish_remote(key, soft_tags, reply.and_then(protocol::judge_get))
     }
 
     /// The rest of [`Cache::get_remote`] once the L2 `GET` of `key` is done (`fetched`: its
@@ -447,22 +490,23 @@ impl Cache {
             SetPlan::Done(report) => Ok(report),
             SetPlan::Write {
                 l1,
+                call,
                 envelope,
                 at,
                 ttl,
             } => {
                 let Some(r) = &self.remote else {
-                    return Ok(self.finish_set(l1, false));
+                    return Ok(self.finish_set(l1, Err(Error::Internal("no L2".into()))));
                 };
-                let written = r.l2.set_entry(key, &envelope[at..], ttl).await.is_ok();
-                Ok(self.finish_set(l1, written))
+                let command = r.l2.set_command(key, &envelope[at..], ttl);
+                Ok(self.finish_set(l1, r.l2.carry(call, &command).await))
             }
         }
     }
 
-    /// The synchronous part of [`Cache::set`]: stores in L1 and, when the entry goes to L2 too,
-    /// returns its envelope and TTL, to be written by the caller (the runtime, or the event-loop
-    /// path with [`L2::encode_set`]) and reported with [`Cache::finish_set`]. The envelope is
+    /// The first half of [`Cache::set`]: stores in L1 and, when the entry goes to L2 too,
+    /// returns its envelope, TTL and call, for a transport to send ([`L2::set_command`], or
+    /// [`L2::frame_set`] in place) and report with [`Cache::finish_set`]. The envelope is
     /// encoded after `headroom` bytes, where the caller may frame it without another copy.
     pub fn plan_set(
         &self,
@@ -534,22 +578,29 @@ impl Cache {
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
         let ttl =
             crate::clock::duration_from_secs((remaining_ms / 1000.0).max(0.001)).min(r.max_ttl);
-        Ok(SetPlan::Write {
-            l1,
-            envelope,
-            at: headroom,
-            ttl,
-        })
+        match r.l2.begin("set_entry") {
+            Ok(call) => Ok(SetPlan::Write {
+                l1,
+                call,
+                envelope,
+                at: headroom,
+                ttl,
+            }),
+            // Breaker open: L1-only.
+            Err(e) => Ok(SetPlan::Done(self.finish_set(l1, Err(e)))),
+        }
     }
 
-    /// Counts the outcome of an L2 write planned by [`Cache::plan_set`] and reports the set.
-    pub fn finish_set(&self, l1: SetOutcome, written: bool) -> SetReport {
+    /// The second half of a set: counts the reply to the `SET` planned by [`Cache::plan_set`]
+    /// (as [`protocol::Call::end`] judged it) and reports the set.
+    pub fn finish_set(&self, l1: SetOutcome, reply: Result<Reply>) -> SetReport {
         let Some(r) = &self.remote else {
             return SetReport {
                 l1,
                 l2: L2Write::None,
             };
         };
+        let written = reply.and_then(protocol::judge_set).is_ok();
         if written {
             Metrics::inc(&r.metrics.writes);
         } else {
@@ -563,14 +614,6 @@ impl Cache {
                 L2Write::Failed
             },
         }
-    }
-
-    /// Whether a `set` may be made outside [`Cache::set`] (the event-loop path): there is an L2
-    /// and the clock offset to Redis is known.
-    pub fn direct_write_ready(&self) -> bool {
-        self.remote
-            .as_ref()
-            .is_some_and(|r| r.clock_synced.load(Ordering::Acquire))
     }
 
     /// `updateTags` without L2 (synchronous).
@@ -642,10 +685,12 @@ impl Cache {
     }
 
     /// `refreshTags`: brings the mirrored tag state up to date in (usually) one round trip.
-    /// Concurrent callers share a read that started after they called.
+    /// Concurrent callers share a read that started after they called. On the tokio
+    /// transport; the steps ([`Cache::register_refresh`], [`Cache::start_refresh`],
+    /// [`Cache::apply_refresh_reply`], [`Cache::end_refresh`]) are the same for any transport.
     pub async fn refresh_tags(&self) -> Result<()> {
         let Some(r) = &self.remote else { return Ok(()) };
-        let ticket = r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let ticket = self.register_refresh();
         let _gate = r.refresh_gate.lock().await;
         if r.refresh_completed.load(Ordering::Acquire) >= ticket {
             // A refresh that started after this call finished while we waited.
@@ -657,39 +702,91 @@ impl Cache {
                 Ok(())
             };
         }
-        // Every request registered up to here is covered by the read that starts now.
+        self.ensure_clock().await;
+        self.replay().await;
+        let (covered, started) = self.start_refresh();
+        let result = async {
+            let mut cursor = started?;
+            loop {
+                let reply = r.l2.exchange("refresh", r.l2.refresh_command(&cursor));
+                match self.apply_refresh_reply(reply.await)? {
+                    None => return Ok(()),
+                    Some(next) => cursor = next,
+                }
+            }
+        };
+        let result = result.await;
+        self.end_refresh(covered, result)
+    }
+
+    /// Registers a `refreshTags` call: its ticket. The call is served by the first read of the
+    /// log that starts after this ([`Cache::start_refresh`]).
+    pub fn register_refresh(&self) -> u64 {
+        self.remote.as_ref().map_or(0, |r| {
+            r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1
+        })
+    }
+
+    /// Starts a read of the log (the caller holds the refresh gate): how many registered calls
+    /// it covers (for [`Cache::end_refresh`]), and the cursor to read from, or the error when
+    /// invalidations of ours still wait for Redis (a resync would forget them).
+    pub fn start_refresh(&self) -> (u64, Result<LogCursor>) {
+        let Some(r) = &self.remote else {
+            return (0, Ok(LogCursor::default()));
+        };
+        // Every call registered up to here is covered by the read that starts now.
         let covered = r.refresh_requested.load(Ordering::Acquire);
-        let result = self.refresh_once(r).await;
+        if !r.pending.lock().is_empty() {
+            return (
+                covered,
+                Err(Error::Unavailable(
+                    "invalidations are waiting for Redis".into(),
+                )),
+            );
+        }
+        Metrics::inc(&r.metrics.refreshes);
+        (covered, Ok(r.cursor.lock().clone()))
+    }
+
+    /// Applies the reply to a read of the log ([`L2::refresh_command`]): `Some(cursor)` when
+    /// the batch was full and the next read goes from `cursor`.
+    pub fn apply_refresh_reply(&self, reply: Result<Reply>) -> Result<Option<LogCursor>> {
+        let Some(r) = &self.remote else {
+            return Ok(None);
+        };
+        let more = self.apply_refresh(reply.and_then(L2::judge_refresh)?);
+        if !more {
+            return Ok(None);
+        }
+        Metrics::inc(&r.metrics.refreshes);
+        Ok(Some(r.cursor.lock().clone()))
+    }
+
+    /// Ends a refresh that covered `covered` calls with `result`: the tag state is verified
+    /// (or not), and the calls' answer (an error only in strict mode).
+    pub fn end_refresh(&self, covered: u64, result: Result<()>) -> Result<()> {
+        let Some(r) = &self.remote else { return Ok(()) };
         r.refresh_completed.fetch_max(covered, Ordering::AcqRel);
         r.verified.store(result.is_ok(), Ordering::Release);
         match result {
-            Ok(()) => Ok(()),
             Err(e) if r.strict => Err(e),
-            Err(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
-    async fn refresh_once(&self, r: &Remote) -> Result<()> {
-        self.ensure_clock().await;
-        self.replay().await;
-        if !r.pending.lock().is_empty() {
-            // Our own invalidations are not in Redis yet; a resync would forget them.
-            return Err(Error::Unavailable(
-                "invalidations are waiting for Redis".into(),
-            ));
+    /// The refresh gate without waiting, for a transport that cannot wait (the event loop's):
+    /// `None` when another refresh holds it, or when the refresh needs the runtime first (the
+    /// clock offset unknown, invalidations waiting to be replayed).
+    pub fn try_refresh_gate(&'static self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+        let r = self.remote.as_ref()?;
+        if !r.clock_synced.load(Ordering::Acquire) || !r.pending.lock().is_empty() {
+            return None;
         }
-        loop {
-            let cursor = r.cursor.lock().clone();
-            Metrics::inc(&r.metrics.refreshes);
-            let refresh = r.l2.refresh(&cursor).await?;
-            if !self.apply_refresh(refresh) {
-                return Ok(());
-            }
-        }
+        r.refresh_gate.try_lock().ok()
     }
 
     /// Applies what a read of the invalidation log returned; `true` if there is more to read.
-    pub fn apply_refresh(&self, refresh: Refresh) -> bool {
+    fn apply_refresh(&self, refresh: Refresh) -> bool {
         let Some(r) = &self.remote else { return false };
         match refresh {
             Refresh::Incremental {
@@ -715,46 +812,6 @@ impl Cache {
                 false
             }
         }
-    }
-
-    /// For a `refreshTags` made outside [`Cache::refresh_tags`] (the event-loop path): the
-    /// refresh gate, if no other refresh holds it, so refreshes never interleave. Only when
-    /// the clock offset is known and no invalidation waits for delivery (those cases need the
-    /// runtime path: it syncs the clock and replays first).
-    pub fn direct_refresh_gate(&'static self) -> Option<tokio::sync::MutexGuard<'static, ()>> {
-        let r = self.remote.as_ref()?;
-        if !r.clock_synced.load(Ordering::Acquire) || !r.pending.lock().is_empty() {
-            return None;
-        }
-        r.refresh_gate.try_lock().ok()
-    }
-
-    /// Registers a `refreshTags` call that joins a direct read of the log not sent yet.
-    pub fn register_direct_refresh(&self) {
-        if let Some(r) = &self.remote {
-            r.refresh_requested.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// Starts a direct read of the log (counted as a refresh) for one `refreshTags` call:
-    /// returns how many calls it covers (for [`Cache::finish_direct_refresh`]) and the cursor
-    /// to read from.
-    pub fn start_direct_refresh(&self) -> (u64, LogCursor) {
-        let Some(r) = &self.remote else {
-            return (0, LogCursor::default());
-        };
-        Metrics::inc(&r.metrics.refreshes);
-        let covered = r.refresh_requested.fetch_add(1, Ordering::AcqRel) + 1;
-        (covered, r.cursor.lock().clone())
-    }
-
-    /// A direct refresh covering `covered` calls ended (`ok`: its read was applied).
-    /// Returns whether the caller must fail it (strict mode and not `ok`).
-    pub fn finish_direct_refresh(&self, covered: u64, ok: bool) -> bool {
-        let Some(r) = &self.remote else { return false };
-        r.refresh_completed.fetch_max(covered, Ordering::AcqRel);
-        r.verified.store(ok, Ordering::Release);
-        r.strict && !ok
     }
 
     /// Measures the offset to Redis' clock once, if never done.

@@ -51,7 +51,6 @@ use strata_core::cache::Cache;
 use strata_core::clock::ManualClock;
 use strata_core::config::Options;
 use strata_core::envelope::{self, Compression, EnvelopeMeta, Kind, INCREMENTAL_KEY_PREFIX};
-use strata_core::l2::L2;
 use strata_core::resp::{Reader, Reply, DEFAULT_MAX_REPLY, DIRECT_MIN};
 use strata_core::store::Lookup;
 use strata_core::tags::Durations;
@@ -1935,37 +1934,32 @@ fn drive_resp(cache: &Cache, case: &Case, expect: Option<&[Reply]>) -> (Vec<Prob
             Reply::Bulk(b) => Some(b.clone()),
             _ => None,
         };
-        let applied = stage(
-            &mut problems,
-            "L2::parse_refresh_reply + Cache::apply_refresh",
-            || {
-                if let Ok(refresh) = L2::parse_refresh_reply(reply) {
-                    reached("refresh replies applied");
-                    cache.apply_refresh(refresh);
-                    // Judge an entry carrying the tags a refresh may have touched.
-                    let meta = EnvelopeMeta {
-                        kind: Kind::USE_CACHE,
-                        key: "refresh-probe",
-                        tags: &INVALIDATED_TAGS[..],
-                        timestamp: NOW_MS - 1000.0,
-                        server_ts: NOW_MS - 1000.0,
-                        stale: 300.0,
-                        revalidate: 900.0,
-                        expire: 3600.0,
-                        extra: &[],
-                    };
-                    let probe = envelope::encode(&meta, b"probe", Compression::DISABLED)
-                        .map_err(|e| e.to_string())?;
-                    let _ = cache.finish_remote(
-                        "refresh-probe",
-                        &INVALIDATED_TAGS[..],
-                        Ok(Some(Bytes::from(probe))),
-                    );
-                    let _ = cache.get_expiration(&INVALIDATED_TAGS.map(String::from));
-                }
-                Ok(())
-            },
-        );
+        let applied = stage(&mut problems, "Cache::apply_refresh_reply", || {
+            if cache.apply_refresh_reply(Ok(reply)).is_ok() {
+                reached("refresh replies applied");
+                // Judge an entry carrying the tags a refresh may have touched.
+                let meta = EnvelopeMeta {
+                    kind: Kind::USE_CACHE,
+                    key: "refresh-probe",
+                    tags: &INVALIDATED_TAGS[..],
+                    timestamp: NOW_MS - 1000.0,
+                    server_ts: NOW_MS - 1000.0,
+                    stale: 300.0,
+                    revalidate: 900.0,
+                    expire: 3600.0,
+                    extra: &[],
+                };
+                let probe = envelope::encode(&meta, b"probe", Compression::DISABLED)
+                    .map_err(|e| e.to_string())?;
+                let _ = cache.finish_remote(
+                    "refresh-probe",
+                    &INVALIDATED_TAGS[..],
+                    Ok(Some(Bytes::from(probe))),
+                );
+                let _ = cache.get_expiration(&INVALIDATED_TAGS.map(String::from));
+            }
+            Ok(())
+        });
         poisoned |= applied.is_none();
         if let Some(b) = bulk {
             // The event-loop GET: a bulk reply is an envelope (or garbage) for its key.

@@ -17,16 +17,17 @@ use napi::bindgen_prelude::{spawn, Env};
 use napi::sys;
 use parking_lot::Mutex;
 
-use strata_core::breaker::{Permit, State as BreakerState};
+use strata_core::breaker::State as BreakerState;
+use strata_core::l2::protocol::{Call, Failure};
 use strata_core::l2::DirectTarget;
-use strata_core::resp::{self, Reader, Reply};
+use strata_core::resp::{Reader, Reply};
 
 use super::ffi::{
     alloc_handle, check, free_handle, now_ms, uv_close, uv_poll_init, uv_poll_start, uv_poll_stop,
     uv_ref, uv_timer_init, uv_timer_start, uv_timer_stop, uv_unref, UvHandle, UV_POLL, UV_READABLE,
     UV_TIMER, UV_WRITABLE,
 };
-use super::settle::{settle, Done, Failure, Pending, What};
+use super::settle::{settle, Done, Pending, What};
 use super::DIRECT_CONNECTS;
 use crate::js_entry::RawValue;
 use crate::{Global, JsResult};
@@ -70,7 +71,7 @@ pub(super) struct State {
     target: &'static DirectTarget,
     link: Link,
     /// Bumped for every connection; a callback of an older one is ignored.
-    generation: u64,
+    pub(super) generation: u64,
     /// Inside [`on_poll`]'s settling: requests queue their bytes for one write at the end.
     dispatching: bool,
     /// `refreshTags` calls to hand to a runtime refresh (settled outside the state's borrow).
@@ -78,6 +79,9 @@ pub(super) struct State {
     /// Requests answered in the current callback, to settle once the state is released. Kept
     /// here rather than on the stack so that a panic mid-callback cannot lose them.
     ready: Vec<Done>,
+    /// A reply settled in this callback asked for a new connection (`READONLY`: see
+    /// [`Call::end`]): the generation to drop once the callback is done.
+    pub(super) reconnect: Option<u64>,
 }
 
 pub(super) enum Link {
@@ -117,9 +121,10 @@ pub(super) type RefreshGate = tokio::sync::MutexGuard<'static, ()>;
 /// What a request maker did.
 pub(super) enum Made {
     /// A new request, encoded: track it.
-    Request(What, Permit, RawValue),
-    /// Joined a request not written yet.
-    Joined(RawValue),
+    Request(What, Call, RawValue),
+    /// Nothing to track: the value to return (a promise that joined a request not written yet,
+    /// or one settled already, or the answer itself).
+    Answer(RawValue),
 }
 
 /// Runs `make` with this thread's connection when it is up; `make` encodes one request into
@@ -152,12 +157,12 @@ where
         let Link::Up(conn) = &mut state.link else {
             return Ok(None);
         };
-        let (what, permit, promise) = match make(conn, l2, raw)? {
+        let (what, call, promise) = match make(conn, l2, raw)? {
             None => return Ok(None),
-            Some(Made::Joined(promise)) => return Ok(Some((promise, Vec::new()))),
-            Some(Made::Request(what, permit, promise)) => (what, permit, promise),
+            Some(Made::Answer(value)) => return Ok(Some((value, Vec::new()))),
+            Some(Made::Request(what, call, promise)) => (what, call, promise),
         };
-        conn.track(what, permit, l2.op_timeout());
+        conn.track(what, call);
         // Inside our own callback, requests wait for the end of it to go out together, unless
         // the connection has nothing else in flight: then there is nothing to batch with, and
         // sending at once lets Redis work while JS goes on (building the stream, for one).
@@ -226,6 +231,7 @@ impl State {
             dispatching: false,
             to_runtime: Vec::new(),
             ready: Vec::new(),
+            reconnect: None,
         })
     }
 
@@ -361,15 +367,20 @@ impl State {
             return;
         }
         let waiting = std::mem::take(&mut conn.waiting);
-        let gate = g.cache.direct_refresh_gate();
-        let permit = gate.as_ref().and_then(|_| l2.breaker().try_acquire());
-        let (Some(gate), Some(permit)) = (gate, permit) else {
+        let gate = g.cache.try_refresh_gate();
+        let call = gate.as_ref().and_then(|_| l2.begin("refresh").ok());
+        let (Some(gate), Some(call)) = (gate, call) else {
             self.to_runtime.extend(waiting);
             return;
         };
         conn.refresh_gate = Some(gate);
-        let what = conn.encode_refresh(g, l2, waiting);
-        conn.track(what, permit, l2.op_timeout());
+        match conn.encode_refresh(g, l2, waiting) {
+            Ok(what) => conn.track(what, call),
+            Err(waiting) => {
+                conn.refresh_gate = None;
+                self.to_runtime.extend(waiting);
+            }
+        }
     }
 
     /// Writes what is queued; on failure drops the connection (its reads are returned).
@@ -379,7 +390,7 @@ impl State {
         };
         match conn.write_out() {
             Ok(()) => Vec::new(),
-            Err(()) => self.drop_link(Failure::Broken),
+            Err(()) => self.drop_link(lost()),
         }
     }
 
@@ -406,7 +417,7 @@ impl State {
                 let why = if why == Failure::Timeout && pending.deadline > now {
                     Failure::Collateral
                 } else {
-                    why
+                    why.clone()
                 };
                 conn.complete(pending, Err(why))
             })
@@ -424,20 +435,26 @@ impl State {
 }
 
 impl Conn {
-    /// Encodes a read of the invalidation log for `deferreds` (the refresh gate is held).
+    /// Encodes a read of the invalidation log for `deferreds` (the refresh gate is held), or
+    /// hands them back when the read cannot start here (see [`Cache::start_refresh`]).
+    ///
+    /// [`Cache::start_refresh`]: strata_core::cache::Cache::start_refresh
     pub(super) fn encode_refresh(
         &mut self,
         g: &'static Global,
         l2: &strata_core::l2::L2,
         deferreds: Vec<sys::napi_deferred>,
-    ) -> What {
-        let (covered, cursor) = g.cache.start_direct_refresh();
-        let args = l2.refresh_command(&cursor);
-        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        resp::encode_command(&mut self.out, &args);
+    ) -> Result<What, Vec<sys::napi_deferred>> {
+        // One call for the whole batch of deferreds: one registration covers them.
+        g.cache.register_refresh();
+        let (covered, cursor) = g.cache.start_refresh();
+        let Ok(cursor) = cursor else {
+            return Err(deferreds);
+        };
+        l2.refresh_command(&cursor).encode(&mut self.out);
         self.refreshes += 1;
         self.joinable_refresh = true;
-        What::Refresh { deferreds, covered }
+        Ok(What::Refresh { deferreds, covered })
     }
 
     /// A request's outcome; the last refresh in flight takes the refresh gate with it.
@@ -457,16 +474,17 @@ impl Conn {
         }
     }
 
-    /// Tracks a request just encoded into `out`: its deadline, the timer, the loop reference.
-    fn track(&mut self, what: What, permit: Permit, op_timeout: Duration) {
-        let timeout = u64::try_from(op_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let now = now_ms();
+    /// Tracks a request just encoded into `out`: its deadline (the call's, set by the core, in
+    /// libuv's clock), the timer, the loop reference.
+    fn track(&mut self, what: What, call: Call) {
+        let left = call
+            .deadline()
+            .saturating_duration_since(tokio::time::Instant::now());
+        let timeout = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
         self.pending.push_back(Pending {
             what,
-            permit: Some(permit),
-            deadline: now.saturating_add(timeout),
+            call: Some(call),
+            deadline: now_ms().saturating_add(timeout),
         });
         self.after_enqueue(timeout);
     }
@@ -594,6 +612,12 @@ impl Conn {
     }
 }
 
+/// The connection broke (or was closed, or sent what is not RESP, or a panic left it
+/// half-updated).
+fn lost() -> Failure {
+    Failure::Broken("connection lost".to_owned())
+}
+
 /// The generation a handle belongs to.
 ///
 /// # Safety
@@ -627,7 +651,7 @@ unsafe extern "C" fn on_poll(handle: *mut UvHandle, status: c_int, events: c_int
             ok = conn.read_in(&mut state.ready).is_ok();
         }
         if !ok {
-            let failed = state.drop_link(Failure::Broken);
+            let failed = state.drop_link(lost());
             state.ready.extend(failed);
         }
     });
@@ -651,7 +675,7 @@ unsafe extern "C" fn on_timer(handle: *mut UvHandle) {
         // libuv runs timers before polling: after a long JS task the replies may be waiting in
         // the socket already. Take them first; only a reply that did not arrive is late.
         if conn.read_in(&mut state.ready).is_err() {
-            let failed = state.drop_link(Failure::Broken);
+            let failed = state.drop_link(lost());
             state.ready.extend(failed);
             return;
         }
@@ -712,7 +736,7 @@ fn recover() {
             let state = slot.as_mut()?;
             state.dispatching = false;
             let mut done = std::mem::take(&mut state.ready);
-            done.extend(state.drop_link(Failure::Broken));
+            done.extend(state.drop_link(lost()));
             let to_runtime = std::mem::take(&mut state.to_runtime);
             Some((state.env, done, to_runtime))
         });
@@ -727,9 +751,14 @@ fn finish_dispatch() {
     let (env, done, to_runtime) = match STATE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let state = slot.as_mut()?;
+        let mut done = Vec::new();
+        if state.reconnect.take() == Some(state.generation) {
+            // The server asked for it: the requests still on it say nothing about Redis.
+            done = state.drop_link(Failure::Collateral);
+        }
         state.kick_waiting_refresh();
         state.dispatching = false;
-        let done = state.flush();
+        done.extend(state.flush());
         if let Link::Up(conn) = &mut state.link {
             conn.after_settle();
         }

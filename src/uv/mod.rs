@@ -53,11 +53,10 @@ use std::sync::atomic::AtomicU64;
 use napi::bindgen_prelude::Env;
 use napi::sys;
 
-use strata_core::cache::SetPlan;
+use strata_core::cache::{GetStep, SetPlan};
 use strata_core::entry::EntryMeta;
-use strata_core::resp;
 
-use crate::js_entry::{Chunks, RawValue};
+use crate::js_entry::{self, Chunks, RawValue};
 use crate::{internal, Global, JsResult};
 use conn::{with_conn, Made};
 use settle::{error_value, promise, What};
@@ -91,25 +90,32 @@ pub(crate) fn try_get(
     key: String,
     soft_tags: Vec<String>,
 ) -> JsResult<Result<RawValue, (String, Vec<String>)>> {
-    if !g.cache.direct_read_ready() {
+    if !g.cache.clock_synced() {
         return Ok(Err((key, soft_tags)));
     }
     let mut args = Some((key, soft_tags));
     let taken = with_conn(env, g, |conn, l2, raw| {
-        let Some(permit) = l2.breaker().try_acquire() else {
-            return Ok(None);
-        };
         let Some((key, soft_tags)) = args.take() else {
             return Ok(None);
         };
+        let call = match g.cache.start_get(&key, &soft_tags) {
+            GetStep::Send(call) => call,
+            // Answered without a round trip (breaker open, strict mode unverified).
+            GetStep::Done(lookup) => {
+                return Ok(Some(Made::Answer(js_entry::lookup_value(
+                    &Env::from_raw(raw),
+                    lookup,
+                )?)))
+            }
+        };
         let (deferred, promise) = promise(raw)?;
-        resp::encode_command(&mut conn.out, &[b"GET", l2.keys().entry(&key).as_bytes()]);
+        l2.get_command(&key).encode(&mut conn.out);
         let what = What::Get {
             deferred,
             key,
             soft_tags,
         };
-        Ok(Some(Made::Request(what, permit, promise)))
+        Ok(Some(Made::Request(what, call, promise)))
     })?;
     match (taken, args) {
         (Some(promise), _) => Ok(Ok(promise)),
@@ -130,8 +136,7 @@ pub(crate) fn try_refresh(env: &Env, g: &'static Global) -> JsResult<Option<RawV
                 // Not written yet: its read starts after this call, so it covers it.
                 let (deferred, promise) = promise(raw)?;
                 deferreds.push(deferred);
-                g.cache.register_direct_refresh();
-                return Ok(Some(Made::Joined(promise)));
+                return Ok(Some(Made::Answer(promise)));
             }
         }
         if conn.refreshes > 0 {
@@ -139,22 +144,30 @@ pub(crate) fn try_refresh(env: &Env, g: &'static Global) -> JsResult<Option<RawV
             // next one.
             let (deferred, promise) = promise(raw)?;
             conn.waiting.push(deferred);
-            return Ok(Some(Made::Joined(promise)));
+            return Ok(Some(Made::Answer(promise)));
         }
-        let Some(gate) = g.cache.direct_refresh_gate() else {
+        let Some(gate) = g.cache.try_refresh_gate() else {
             return Ok(None);
         };
-        conn.refresh_gate = Some(gate);
-        let Some(permit) = l2.breaker().try_acquire() else {
-            conn.refresh_gate = None;
+        let Ok(call) = l2.begin("refresh") else {
             return Ok(None);
         };
         let (deferred, promise) = promise(raw)?;
         // Calls still waiting for a read are covered by this one too.
         let mut deferreds = std::mem::take(&mut conn.waiting);
         deferreds.push(deferred);
-        let what = conn.encode_refresh(g, l2, deferreds);
-        Ok(Some(Made::Request(what, permit, promise)))
+        match conn.encode_refresh(g, l2, deferreds) {
+            Ok(what) => {
+                conn.refresh_gate = Some(gate);
+                Ok(Some(Made::Request(what, call, promise)))
+            }
+            Err(deferreds) => {
+                // Invalidations wait for replay after all: the runtime's refresh serves them.
+                conn.waiting = deferreds;
+                drop(gate);
+                Ok(None)
+            }
+        }
     })
 }
 
@@ -176,7 +189,7 @@ pub(crate) fn try_set(
     meta: EntryMeta,
 ) -> JsResult<SetTry> {
     let len = chunks.0.len();
-    if !g.cache.direct_write_ready() || len > DIRECT_SET_MAX_IDLE {
+    if !g.cache.clock_synced() || len > DIRECT_SET_MAX_IDLE {
         return Ok(SetTry::NotTaken(chunks, meta));
     }
     let mut args = Some((chunks, meta));
@@ -196,36 +209,33 @@ pub(crate) fn try_set(
             Ok(SetPlan::Done(report)) => report,
             Ok(SetPlan::Write {
                 l1,
+                call,
                 mut envelope,
                 at,
                 ttl,
-            }) => match l2.breaker().try_acquire() {
-                Some(permit) => {
-                    match in_place
-                        .then(|| l2.frame_set(&mut envelope, at, key, ttl))
-                        .flatten()
-                    {
-                        Some(start) => {
-                            conn.out = envelope;
-                            conn.written = start;
-                        }
-                        None => l2.encode_set(&mut conn.out, key, &envelope[at..], ttl),
+            }) => {
+                match in_place
+                    .then(|| l2.frame_set(&mut envelope, at, key, ttl))
+                    .flatten()
+                {
+                    Some(start) => {
+                        conn.out = envelope;
+                        conn.written = start;
                     }
-                    let what = What::Set { deferred, l1 };
-                    return Ok(Some(Made::Request(what, permit, promise)));
+                    None => l2.encode_set(&mut conn.out, key, &envelope[at..], ttl),
                 }
-                // The breaker opened meanwhile: L1-only, as the runtime path reports it.
-                None => g.cache.finish_set(l1, false),
-            },
+                let what = What::Set { deferred, l1 };
+                return Ok(Some(Made::Request(what, call, promise)));
+            }
             Err(e) => {
                 // Invalid metadata: rejected, like the runtime path.
                 let err = error_value(&Env::from_raw(raw), &e);
                 // SAFETY: `raw` is the environment of the JS call running on this thread (what
                 // `with_conn` passes); `deferred` was made in it just above and is settled only
-                // here (this path returns `Joined`, so it is never tracked); `err` was just
+                // here (this path returns `Answer`, so it is never tracked); `err` was just
                 // created in it.
                 unsafe { sys::napi_reject_deferred(raw, deferred, err) };
-                return Ok(Some(Made::Joined(promise)));
+                return Ok(Some(Made::Answer(promise)));
             }
         };
         // Nothing to write (not stored, too large) or nothing can be: settled now.
@@ -233,7 +243,7 @@ pub(crate) fn try_set(
         // SAFETY: as for the rejection above: this call's environment, a deferred made just
         // above and settled only here, and a value just created in the environment.
         unsafe { sys::napi_resolve_deferred(raw, deferred, value.raw()) };
-        Ok(Some(Made::Joined(promise)))
+        Ok(Some(Made::Answer(promise)))
     })?;
     match (taken, args) {
         (Some(promise), _) => Ok(SetTry::Taken(promise)),

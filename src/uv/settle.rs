@@ -1,14 +1,14 @@
-//! Settling what the connection answered: each request's outcome reported to the breaker, judged
-//! by the core, and its promise resolved (a failed read is a miss, never a rejection).
+//! Settling what the connection answered: each call ended by the core ([`Call::end`]: the
+//! breaker's report, whether to reconnect), its reply judged by the core (the second halves of
+//! `Cache`'s operations), and its promise resolved (a failed read is a miss, never a rejection).
 
 use std::ptr;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use napi::bindgen_prelude::Env;
 use napi::sys;
 
-use strata_core::breaker::Permit;
+use strata_core::l2::protocol::{is_noscript, Call, Failure};
 use strata_core::resp::Reply;
 use strata_core::store::SetOutcome;
 
@@ -21,7 +21,7 @@ use crate::{Global, JsResult};
 pub(super) struct Pending {
     pub(super) what: What,
     /// `None` for refresh calls that waited for a read and lost their connection first.
-    pub(super) permit: Option<Permit>,
+    pub(super) call: Option<Call>,
     /// In [`now_ms`](super::ffi::now_ms)'s clock.
     pub(super) deadline: u64,
 }
@@ -35,7 +35,7 @@ pub(super) enum What {
     },
     /// A read of the invalidation log (`EVALSHA` of `refresh.lua`) serving every `refreshTags`
     /// call that joined it before it was written; `covered`: see
-    /// [`strata_core::cache::Cache::register_direct_refresh`].
+    /// [`strata_core::cache::Cache::start_refresh`].
     Refresh {
         deferreds: Vec<sys::napi_deferred>,
         covered: u64,
@@ -47,18 +47,6 @@ pub(super) enum What {
     },
 }
 
-/// Why a request failed.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Failure {
-    /// Its deadline passed (trips the breaker).
-    Timeout,
-    /// The connection broke (trips the breaker).
-    Broken,
-    /// Its connection was dropped because another request timed out: says nothing about Redis
-    /// (its permit is released unreported).
-    Collateral,
-}
-
 /// A request to settle, once the state is no longer borrowed.
 pub(super) struct Done {
     pub(super) pending: Pending,
@@ -68,12 +56,12 @@ pub(super) struct Done {
 }
 
 impl Done {
-    /// Calls that never got a request of their own (no permit, no deadline), failing with `why`.
+    /// Calls that never got a request of their own (no call, no deadline), failing with `why`.
     pub(super) fn unsent(what: What, why: Failure) -> Done {
         Done {
             pending: Pending {
                 what,
-                permit: None,
+                call: None,
                 deadline: 0,
             },
             outcome: Err(why),
@@ -135,47 +123,24 @@ pub(super) fn settle(
                 == sys::Status::napi_ok
     };
     js_entry::release_pending(&env_ref);
+    let mut reconnect = false;
     for Done {
         pending,
         outcome,
         gate,
     } in done
     {
-        let Pending { what, permit, .. } = pending;
-        // Redis answered, whatever it said; no answer trips the breaker; a collateral
-        // failure says nothing about Redis (the permit is released unreported).
-        let reply = match outcome {
-            Ok(reply) => {
-                if let Some(p) = permit {
-                    p.success();
-                }
-                Ok(reply)
+        let Pending { what, call, .. } = pending;
+        // The core ends the call: the breaker's report, and whether the connection can stay.
+        let reply = match call {
+            Some(call) => {
+                // A failure dropped the connection already; a reply may ask for it (READONLY).
+                let answered = outcome.is_ok();
+                let ended = call.end(outcome);
+                reconnect |= answered && ended.reconnect;
+                ended.reply
             }
-            Err(why) => {
-                if let Some(p) = permit {
-                    if why == Failure::Collateral {
-                        drop(p);
-                    } else {
-                        p.failure();
-                    }
-                }
-                Err(match why {
-                    Failure::Timeout => strata_core::Error::Timeout {
-                        op: match what {
-                            What::Get { .. } => "get_entry",
-                            What::Refresh { .. } => "refresh",
-                            What::Set { .. } => "set_entry",
-                        },
-                        ms: g.cache.l2().map_or(0, |l2| {
-                            u64::try_from(l2.op_timeout().as_millis()).unwrap_or(u64::MAX)
-                        }),
-                    },
-                    Failure::Broken => strata_core::Error::Unavailable("connection lost".into()),
-                    Failure::Collateral => strata_core::Error::Unavailable(
-                        "connection dropped after another request timed out".into(),
-                    ),
-                })
-            }
+            None => Err(strata_core::Error::Unavailable("connection lost".into())),
         };
         match what {
             What::Get {
@@ -188,10 +153,9 @@ pub(super) fn settle(
             }
             What::Set { deferred, l1 } => {
                 DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
-                let written = matches!(&reply, Ok(Reply::Simple(ok)) if ok == "OK");
                 let value = crate::panic::contain(|| {
                     crate::panic::inject(crate::panic::Place::Settle);
-                    let report = g.cache.finish_set(l1, written);
+                    let report = g.cache.finish_set(l1, reply);
                     crate::set_report_value(&env_ref, g, report)
                 });
                 match value {
@@ -223,6 +187,14 @@ pub(super) fn settle(
             unsafe { sys::napi_resolve_deferred(env, deferred, value) };
         }
     }
+    if reconnect {
+        // Dropped (and its other requests settled) once this settling is over.
+        STATE.with(|cell| {
+            if let Some(state) = cell.borrow_mut().as_mut() {
+                state.reconnect = Some(state.generation);
+            }
+        });
+    }
     // SAFETY: `scope` and `handle_scope` were opened above in `env`, on this thread, and are
     // closed once, innermost first.
     unsafe {
@@ -242,16 +214,10 @@ fn settle_get(
     soft_tags: &[String],
     reply: strata_core::Result<Reply>,
 ) {
-    let fetched = reply.and_then(|reply| match reply {
-        Reply::Bulk(b) => Ok(Some(b)),
-        Reply::Nil => Ok(None::<Bytes>),
-        Reply::Error(e) => Err(strata_core::Error::Redis(e)),
-        _ => Err(strata_core::Error::Redis("unexpected reply to GET".into())),
-    });
     DIRECT_READS.fetch_add(1, Ordering::Relaxed);
     let value = crate::panic::contain(|| {
         crate::panic::inject(crate::panic::Place::Settle);
-        let lookup = g.cache.finish_remote(key, soft_tags, fetched);
+        let lookup = g.cache.finish_get(key, soft_tags, reply);
         js_entry::lookup_value(env, lookup)
     });
     let value = match value {
@@ -266,8 +232,8 @@ fn settle_get(
 }
 
 /// Settles the `refreshTags` calls a log read served. A full batch (`more`) or a script Redis
-/// does not know (`NOSCRIPT`, e.g. after a restart) continues on the runtime, whose promise
-/// the calls then follow. A failure resolves them (or rejects them in strict mode), like the
+/// does not know (`NOSCRIPT`, e.g. after a restart: the runtime sends it as `EVAL`) continues
+/// on the runtime, whose promise the calls then follow. A failure resolves them (or rejects them in strict mode), like the
 /// runtime path.
 fn settle_refresh(
     env: &Env,
@@ -306,27 +272,15 @@ fn judge_refresh(
     covered: u64,
     reply: strata_core::Result<Reply>,
 ) -> (JsResult<sys::napi_value>, bool) {
-    let outcome = reply.and_then(strata_core::l2::L2::parse_refresh_reply);
-    match outcome {
-        Ok(refresh) => {
-            let more = g.cache.apply_refresh(refresh);
-            g.cache.finish_direct_refresh(covered, true);
-            if more {
-                (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
-            } else {
-                (Ok(undefined(env)), false)
-            }
-        }
-        Err(strata_core::Error::Redis(msg)) if msg.starts_with("NOSCRIPT") => {
-            (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false)
-        }
-        Err(e) => {
-            if g.cache.finish_direct_refresh(covered, false) {
-                (Ok(error_value(env, &e)), true)
-            } else {
-                (Ok(undefined(env)), false)
-            }
-        }
+    if matches!(&reply, Err(e) if is_noscript(e)) {
+        return (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false);
+    }
+    let applied = g.cache.apply_refresh_reply(reply);
+    let more = matches!(applied, Ok(Some(_)));
+    match g.cache.end_refresh(covered, applied.map(|_| ())) {
+        Err(e) => (Ok(error_value(env, &e)), true),
+        Ok(()) if more => (crate::refresh_on_runtime(env, g).map(|p| p.raw()), false),
+        Ok(()) => (Ok(undefined(env)), false),
     }
 }
 

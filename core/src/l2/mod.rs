@@ -21,18 +21,19 @@
 //!
 //! # Scripts
 //!
-//! `lua/update_tags.lua`, `lua/refresh.lua` and `lua/time.lua`, run with `EVALSHA` through
-//! [`redis::Script`] (which loads them on `NOSCRIPT`). Their cost never depends on how many
+//! `lua/update_tags.lua`, `lua/refresh.lua` and `lua/time.lua`, run with `EVALSHA` (and `EVAL`
+//! on `NOSCRIPT`, see [`protocol`]). Their cost never depends on how many
 //! entries carry a tag: entries are never scanned or deleted by tag, they are judged against
 //! the tag state when read and leave Redis by their TTL. Nothing here uses `CONFIG`, `KEYS`,
 //! `SCAN` or keyspace notifications, so managed Redis works. Redis ≥ 6.2 (exclusive `XRANGE`).
 //!
 //! # Failure behaviour
 //!
-//! Every call is gated by the [`Breaker`] (open → [`Error::Unavailable`]`("circuit open")`
-//! at once, without I/O) and bounded by `op_timeout` (→ [`Error::Timeout`], which includes
-//! waiting for a connection). Timeouts and connection errors trip the breaker; any reply,
-//! including an error reply, counts as a success. No call is retried.
+//! Every call, on either transport, starts with [`L2::begin`] and ends with
+//! [`protocol::Call::end`]: gated by the [`Breaker`] (open → [`Error::Unavailable`]`("circuit
+//! open")` at once, without I/O), bounded by `op_timeout` (→ [`Error::Timeout`], which includes
+//! waiting for a connection), reported to the breaker by the rules of [`protocol`]. No call is
+//! retried (an `EVALSHA` answered `NOSCRIPT` is sent once more, as `EVAL`).
 //!
 //! The connection is made lazily, by the first call, in a background task bounded by
 //! `connect_timeout` (callers wait for it within their own `op_timeout`, so a slow first connect
@@ -45,6 +46,7 @@
 //! [`redact_url`], and any text from the client library is scrubbed of the credentials.
 
 mod keys;
+pub mod protocol;
 mod scripts;
 mod transport;
 
@@ -53,10 +55,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{RedisError, Value};
+use redis::RedisError;
 
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::clock::{SharedClock, SystemClock};
@@ -66,10 +70,9 @@ use crate::resp;
 use crate::tags::{Durations, TagState};
 
 pub use keys::Keys;
-use scripts::{
-    parse_ms, parse_refresh, parse_state, strings, unexpected, REFRESH, TIME, UPDATE_TAGS,
-};
-use transport::{scrub, secrets_of, Request, Slot};
+use protocol::{judge_get, judge_set, unexpected, Command, Failure};
+use scripts::{parse_ms, parse_refresh, parse_state, strings, REFRESH, TIME, UPDATE_TAGS};
+use transport::{scrub, secrets_of, Slot};
 
 /// Log entries read per `refresh` round trip; [`Refresh::Incremental::more`] says when to call
 /// again.
@@ -444,58 +447,58 @@ impl L2 {
 
     /// Opens a direct connection to `target` (from [`L2::direct_target`]): connect, `AUTH`,
     /// `SELECT`, all within `connect_timeout + op_timeout`; returned non-blocking, with
-    /// `TCP_NODELAY`, for a reader outside the runtime. Gated by the breaker like any call.
+    /// `TCP_NODELAY`, for a reader outside the runtime. Gated and reported like any call.
     pub async fn open_direct(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
-        let Some(permit) = self.inner.breaker.try_acquire() else {
-            return Err(Error::Unavailable("circuit open".to_owned()));
-        };
-        let deadline = self.inner.connect_timeout + self.inner.op_timeout;
-        match tokio::time::timeout(deadline, self.handshake(target)).await {
-            Ok(Ok(stream)) => {
-                permit.success();
-                Ok(stream)
-            }
-            Ok(Err(e)) => {
-                if matches!(e, Error::Redis(_)) {
-                    permit.success();
-                } else {
-                    permit.failure();
-                }
-                Err(e)
-            }
-            Err(_) => {
-                permit.failure();
-                Err(self.inner.timeout("connect"))
-            }
+        let call = self.begin_within(
+            "connect",
+            self.inner.connect_timeout + self.inner.op_timeout,
+        )?;
+        let (got, stream) =
+            match tokio::time::timeout_at(call.deadline(), self.handshake(target)).await {
+                Ok(Ok(stream)) => (Ok(resp::Reply::Nil), Some(stream)),
+                Ok(Err(Error::Redis(message))) => (Ok(resp::Reply::Error(message)), None),
+                Ok(Err(e)) => (Err(Failure::Broken(e.to_string())), None),
+                Err(_elapsed) => (Err(Failure::Timeout), None),
+            };
+        let ended = call.end(got);
+        match (ended.reply, stream) {
+            (Ok(_), Some(stream)) => Ok(stream),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(Error::Internal("connect: no stream".to_owned())),
         }
+    }
+
+    /// The `GET` of Next key `key`'s entry (its reply goes to [`protocol::judge_get`]).
+    pub fn get_command(&self, key: &str) -> Command<'static> {
+        Command::new(vec![
+            Cow::Borrowed(b"GET"),
+            Cow::Owned(self.inner.keys.entry(key).into_bytes()),
+        ])
     }
 
     /// The raw stored bytes (an envelope) of Next key `key`, or `None`.
     pub async fn get_entry(&self, key: &str) -> Result<Option<Bytes>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.inner.keys.entry(key));
-        match self.call("get_entry", Request::Cmd(cmd)).await? {
-            Value::Nil => Ok(None),
-            // `Vec<u8>` → `Bytes` takes over the reply's buffer: no copy.
-            Value::BulkString(bytes) => Ok(Some(Bytes::from(bytes))),
-            other => Err(unexpected("GET", &other)),
-        }
+        judge_get(self.exchange("get_entry", self.get_command(key)).await?)
     }
 
-    /// Stores `value` under Next key `key` for `ttl`, clamped to `[1 ms, max_ttl]` (rounded up
-    /// to whole ms).
+    /// The `SET` of `value` under Next key `key` for `ttl`, clamped to `[1 ms, max_ttl]`
+    /// (rounded up to whole ms); its reply goes to [`protocol::judge_set`].
+    pub fn set_command<'a>(&self, key: &str, value: &'a [u8], ttl: Duration) -> Command<'a> {
+        Command::new(vec![
+            Cow::Borrowed(b"SET"),
+            Cow::Owned(self.inner.keys.entry(key).into_bytes()),
+            Cow::Borrowed(value),
+            Cow::Borrowed(b"PX"),
+            Cow::Owned(self.ttl_ms(ttl).to_string().into_bytes()),
+        ])
+    }
+
+    /// Stores `value` under Next key `key` for `ttl` (see [`L2::set_command`]).
     pub async fn set_entry(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let ttl_ms = self.ttl_ms(ttl);
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.inner.keys.entry(key))
-            .arg(value)
-            .arg("PX")
-            .arg(ttl_ms);
-        match self.call("set_entry", Request::Cmd(cmd)).await? {
-            Value::Okay => Ok(()),
-            Value::SimpleString(s) if s == "OK" => Ok(()),
-            other => Err(unexpected("SET", &other)),
-        }
+        judge_set(
+            self.exchange("set_entry", self.set_command(key, value, ttl))
+                .await?,
+        )
     }
 
     /// `ttl` in whole ms, rounded up, clamped to `[1 ms, max_ttl]`.
@@ -505,12 +508,9 @@ impl L2 {
             .clamp(1, self.inner.max_ttl_ms)
     }
 
-    /// Appends the `SET` of [`L2::set_entry`] to `out` (RESP), for a connection outside the
-    /// client library (the event-loop path). Its reply is `+OK`.
+    /// Appends [`L2::set_command`] to `out` (RESP), for a transport that writes bytes.
     pub fn encode_set(&self, out: &mut Vec<u8>, key: &str, value: &[u8], ttl: Duration) {
-        self.push_set_head(out, key, value.len());
-        out.extend_from_slice(value);
-        self.push_set_tail(out, ttl);
+        self.set_command(key, value, ttl).encode(out);
     }
 
     /// The `SET` command up to its value: `SET <entry key> <value of value_len bytes>`'s head.
@@ -561,10 +561,12 @@ impl L2 {
     /// Deletes the entry of Next key `key` (for garbage found under it; `UNLINK`, so a large
     /// value is freed off Redis' main thread).
     pub async fn delete_entry(&self, key: &str) -> Result<()> {
-        let mut cmd = redis::cmd("UNLINK");
-        cmd.arg(self.inner.keys.entry(key));
-        match self.call("delete_entry", Request::Cmd(cmd)).await? {
-            Value::Int(_) => Ok(()),
+        let command = Command::new(vec![
+            Cow::Borrowed(b"UNLINK"),
+            Cow::Owned(self.inner.keys.entry(key).into_bytes()),
+        ]);
+        match self.exchange("delete_entry", command).await? {
+            resp::Reply::Int(_) => Ok(()),
             other => Err(unexpected("UNLINK", &other)),
         }
     }
@@ -599,22 +601,27 @@ impl L2 {
             }
         }
         let keys = &self.inner.keys;
-        let mut inv = UPDATE_TAGS.prepare_invoke();
-        inv.key(keys.tag_state())
-            .key(keys.tag_index())
-            .key(keys.tag_log())
-            .key(keys.epoch())
-            .arg(mode)
+        let mut args: Vec<Cow<[u8]>> = vec![
+            Cow::Borrowed(mode.as_bytes()),
             // Rust prints the shortest string that parses back to the same f64, without an
             // exponent; Lua then computes `now + expire * 1000` exactly as `tags.rs` does.
-            .arg(expire.to_string())
-            .arg(self.inner.max_ttl_ms)
-            .arg(self.inner.log_max_len)
-            .arg(format!("{:016x}", rand::random::<u64>()));
-        for t in &distinct {
-            inv.arg(*t);
-        }
-        let reply = self.call("update_tags", Request::Script(inv)).await?;
+            Cow::Owned(expire.to_string().into_bytes()),
+            Cow::Owned(self.inner.max_ttl_ms.to_string().into_bytes()),
+            Cow::Owned(self.inner.log_max_len.to_string().into_bytes()),
+            Cow::Owned(format!("{:016x}", rand::random::<u64>()).into_bytes()),
+        ];
+        args.extend(distinct.iter().map(|t| Cow::Borrowed(t.as_bytes())));
+        let command = Command::script(
+            &UPDATE_TAGS,
+            &[
+                keys.tag_state(),
+                keys.tag_index(),
+                keys.tag_log(),
+                keys.epoch(),
+            ],
+            args,
+        );
+        let reply = self.exchange("update_tags", command).await?;
         let mut items = strings(reply, "update_tags")?.into_iter();
         let (Some(now), Some(last_id), Some(epoch)) = (items.next(), items.next(), items.next())
         else {
@@ -645,53 +652,30 @@ impl L2 {
 
     /// What changed in the tag state since `cursor` (one round trip). See [`Refresh`].
     pub async fn refresh(&self, cursor: &LogCursor) -> Result<Refresh> {
+        parse_refresh(
+            self.exchange("refresh", self.refresh_command(cursor))
+                .await?,
+        )
+    }
+
+    /// The read of the invalidation log from `cursor` ([`L2::refresh`]); its reply goes to
+    /// [`L2::judge_refresh`].
+    pub fn refresh_command(&self, cursor: &LogCursor) -> Command<'static> {
         let keys = &self.inner.keys;
-        let mut inv = REFRESH.prepare_invoke();
-        inv.key(keys.tag_state())
-            .key(keys.tag_log())
-            .key(keys.epoch())
-            .arg(cursor.epoch.as_str())
-            .arg(cursor.last_id.as_str())
-            .arg(REFRESH_BATCH);
-        let reply = self.call("refresh", Request::Script(inv)).await?;
+        Command::script(
+            &REFRESH,
+            &[keys.tag_state(), keys.tag_log(), keys.epoch()],
+            vec![
+                Cow::Owned(cursor.epoch.clone().into_bytes()),
+                Cow::Owned(cursor.last_id.clone().into_bytes()),
+                Cow::Owned(REFRESH_BATCH.to_string().into_bytes()),
+            ],
+        )
+    }
+
+    /// What the reply to [`L2::refresh_command`] says.
+    pub fn judge_refresh(reply: resp::Reply) -> Result<Refresh> {
         parse_refresh(reply)
-    }
-
-    /// The `EVALSHA` of [`L2::refresh`] from `cursor`, as command arguments, for a connection
-    /// outside the client library (the event-loop path). Its reply goes to
-    /// [`L2::parse_refresh_reply`]; a `NOSCRIPT` error means the script must be loaded first
-    /// (the runtime path, [`L2::refresh`], does that).
-    pub fn refresh_command(&self, cursor: &LogCursor) -> Vec<Vec<u8>> {
-        let keys = &self.inner.keys;
-        vec![
-            b"EVALSHA".to_vec(),
-            REFRESH.get_hash().as_bytes().to_vec(),
-            b"3".to_vec(),
-            keys.tag_state().into_bytes(),
-            keys.tag_log().into_bytes(),
-            keys.epoch().into_bytes(),
-            cursor.epoch.as_bytes().to_vec(),
-            cursor.last_id.as_bytes().to_vec(),
-            REFRESH_BATCH.to_string().into_bytes(),
-        ]
-    }
-
-    /// Parses the reply to [`L2::refresh_command`]. An error reply is [`Error::Redis`] with
-    /// Redis' message (`NOSCRIPT …` when the script is not loaded).
-    pub fn parse_refresh_reply(reply: resp::Reply) -> Result<Refresh> {
-        fn value(r: resp::Reply) -> Result<Value> {
-            Ok(match r {
-                resp::Reply::Nil => Value::Nil,
-                resp::Reply::Bulk(b) => Value::BulkString(b.to_vec()),
-                resp::Reply::Simple(s) => Value::SimpleString(s),
-                resp::Reply::Int(i) => Value::Int(i),
-                resp::Reply::Error(e) => return Err(Error::Redis(e)),
-                resp::Reply::Array(items) => {
-                    Value::Array(items.into_iter().map(value).collect::<Result<_>>()?)
-                }
-            })
-        }
-        parse_refresh(value(reply)?)
     }
 
     /// The reading with the shortest round trip of `samples` [`L2::server_time`] calls (it
@@ -724,11 +708,10 @@ impl L2 {
     /// Reads Redis' clock on the node that stamps invalidations; the caller's offset estimate
     /// is `server_ms - local_mid_ms`.
     pub async fn server_time(&self) -> Result<ServerTime> {
-        let mut inv = TIME.prepare_invoke();
-        inv.key(self.inner.keys.epoch());
+        let command = Command::script(&TIME, &[self.inner.keys.epoch()], Vec::new());
         let before = self.inner.clock.now_ms();
         let started = Instant::now();
-        let reply = self.call("server_time", Request::Script(inv)).await?;
+        let reply = self.exchange("server_time", command).await?;
         let rtt_ms = started.elapsed().as_secs_f64() * 1000.0;
         let after = self.inner.clock.now_ms();
         let parts = strings(reply, "server_time")?;
@@ -751,13 +734,13 @@ impl L2 {
 
     /// `INFO <section>` of the node the command lands on, as `field → value` (for `doctor`).
     pub async fn info(&self, section: &str) -> Result<std::collections::HashMap<String, String>> {
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg(section);
-        let reply = self.call("info", Request::Cmd(cmd)).await?;
-        let text = match reply {
-            Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-            Value::VerbatimString { text, .. } => text,
-            Value::SimpleString(s) => s,
+        let command = Command::new(vec![
+            Cow::Borrowed(b"INFO"),
+            Cow::Borrowed(section.as_bytes()),
+        ]);
+        let text = match self.exchange("info", command).await? {
+            resp::Reply::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+            resp::Reply::Simple(s) => s,
             other => return Err(unexpected("INFO", &other)),
         };
         Ok(text
@@ -770,18 +753,21 @@ impl L2 {
     /// Loads the Lua scripts (`SCRIPT LOAD`) and checks Redis hashes them as this build does:
     /// the scripts the request path runs with `EVALSHA` are usable (for `doctor`).
     pub async fn load_scripts(&self) -> Result<()> {
-        for (name, script, source) in scripts::all() {
-            let mut cmd = redis::cmd("SCRIPT");
-            cmd.arg("LOAD").arg(source);
-            let sha = match self.call("script_load", Request::Cmd(cmd)).await? {
-                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-                Value::SimpleString(s) => s,
+        for script in scripts::all() {
+            let command = Command::new(vec![
+                Cow::Borrowed(b"SCRIPT"),
+                Cow::Borrowed(b"LOAD"),
+                Cow::Borrowed(script.source.as_bytes()),
+            ]);
+            let sha = match self.exchange("script_load", command).await? {
+                resp::Reply::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                resp::Reply::Simple(s) => s,
                 other => return Err(unexpected("SCRIPT LOAD", &other)),
             };
-            if sha != script.get_hash() {
+            if sha != script.sha {
                 return Err(Error::Redis(format!(
-                    "SCRIPT LOAD of {name}.lua returned {sha}, expected {}",
-                    script.get_hash()
+                    "SCRIPT LOAD of {}.lua returned {sha}, expected {}",
+                    script.name, script.sha
                 )));
             }
         }

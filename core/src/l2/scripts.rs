@@ -1,47 +1,37 @@
-//! The Lua scripts the L2 runs (`lua/*.lua`, with `EVALSHA` through [`redis::Script`]) and the
+//! The Lua scripts the L2 runs (`lua/*.lua`, as `EVALSHA`: see [`super::protocol`]) and the
 //! parsing of their replies.
 
 use std::sync::LazyLock;
 
-use redis::{Script, Value};
-
+use super::protocol::{unexpected, Script};
 use super::{LogCursor, Refresh};
 use crate::error::{Error, Result};
+use crate::resp::Reply;
 use crate::tags::TagState;
 
-const UPDATE_TAGS_SOURCE: &str = include_str!("lua/update_tags.lua");
-const REFRESH_SOURCE: &str = include_str!("lua/refresh.lua");
-const TIME_SOURCE: &str = include_str!("lua/time.lua");
-
-pub(super) static UPDATE_TAGS: LazyLock<Script> = LazyLock::new(|| Script::new(UPDATE_TAGS_SOURCE));
-pub(super) static REFRESH: LazyLock<Script> = LazyLock::new(|| Script::new(REFRESH_SOURCE));
-pub(super) static TIME: LazyLock<Script> = LazyLock::new(|| Script::new(TIME_SOURCE));
-
-/// Every script: its name, the [`Script`] the request path runs, and its source (for
-/// `SCRIPT LOAD`).
-pub(super) fn all() -> [(&'static str, &'static Script, &'static str); 3] {
-    [
-        ("update_tags", &*UPDATE_TAGS, UPDATE_TAGS_SOURCE),
-        ("refresh", &*REFRESH, REFRESH_SOURCE),
-        ("time", &*TIME, TIME_SOURCE),
-    ]
+fn script(name: &'static str, source: &'static str) -> Script {
+    Script {
+        name,
+        source,
+        // redis-rs hashes as Redis does (SHA1 of the source).
+        sha: redis::Script::new(source).get_hash().to_owned(),
+    }
 }
 
-pub(super) fn unexpected(what: &str, v: &Value) -> Error {
-    let shape = match v {
-        Value::Nil => "nil",
-        Value::Int(_) => "an integer",
-        Value::BulkString(_) => "a bulk string",
-        Value::Array(_) => "an array",
-        Value::SimpleString(_) => "a status",
-        Value::Okay => "OK",
-        _ => "another type",
-    };
-    Error::Redis(format!("{what}: unexpected reply ({shape})"))
+pub(super) static UPDATE_TAGS: LazyLock<Script> =
+    LazyLock::new(|| script("update_tags", include_str!("lua/update_tags.lua")));
+pub(super) static REFRESH: LazyLock<Script> =
+    LazyLock::new(|| script("refresh", include_str!("lua/refresh.lua")));
+pub(super) static TIME: LazyLock<Script> =
+    LazyLock::new(|| script("time", include_str!("lua/time.lua")));
+
+/// Every script (for `SCRIPT LOAD`).
+pub(super) fn all() -> [&'static Script; 3] {
+    [&UPDATE_TAGS, &REFRESH, &TIME]
 }
 
 /// The reply of `lua/refresh.lua`.
-pub(super) fn parse_refresh(reply: Value) -> Result<Refresh> {
+pub(super) fn parse_refresh(reply: Reply) -> Result<Refresh> {
     let mut items = strings(reply, "refresh")?.into_iter();
     let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
         (items.next(), items.next(), items.next(), items.next())
@@ -80,17 +70,17 @@ pub(super) fn parse_refresh(reply: Value) -> Result<Refresh> {
 }
 
 /// A script's reply: a flat array of strings.
-pub(super) fn strings(v: Value, what: &str) -> Result<Vec<String>> {
-    let Value::Array(items) = v else {
+pub(super) fn strings(v: Reply, what: &str) -> Result<Vec<String>> {
+    let Reply::Array(items) = v else {
         return Err(unexpected(what, &v));
     };
     items
         .into_iter()
         .map(|item| match item {
-            Value::BulkString(b) => String::from_utf8(b)
+            Reply::Bulk(b) => String::from_utf8(b.to_vec())
                 .map_err(|_| Error::Redis(format!("{what}: reply is not UTF-8"))),
-            Value::SimpleString(s) => Ok(s),
-            Value::Int(i) => Ok(i.to_string()),
+            Reply::Simple(s) => Ok(s),
+            Reply::Int(i) => Ok(i.to_string()),
             other => Err(unexpected(what, &other)),
         })
         .collect()

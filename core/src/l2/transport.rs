@@ -1,5 +1,7 @@
-//! The tokio transport: the redis-rs connection (made lazily, dropped after a failure), every
-//! call's breaker gate, deadline and error mapping, and the handshake of a direct connection.
+//! The tokio transport: carries a [`Command`] over the redis-rs connection (made lazily, dropped
+//! when [`Call::end`] says so) and hands back what came of it as a [`Reply`] or a [`Failure`]
+//! (redis-rs' values and errors are translated here, at the edge); and the handshake of a
+//! direct connection (the libuv transport's, `src/uv/` in the binding).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -10,17 +12,14 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::{
-    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation,
-    ServerErrorKind, Value,
-};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use super::protocol::{is_noscript, Call, Command, Failure};
 use super::{Backend, DirectTarget, Inner, L2};
-use crate::breaker::Permit;
 use crate::error::{Error, Result};
-use crate::resp;
+use crate::resp::{self, Reply};
 
 /// A connection to a single server or a cluster; cheap to clone (all are handles).
 #[derive(Clone)]
@@ -149,26 +148,6 @@ pub(super) enum Slot {
     },
 }
 
-/// One request to Redis.
-pub(super) enum Request {
-    Cmd(Cmd),
-    Script(ScriptInvocation<'static>),
-}
-
-/// What a failed call means for the breaker and the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// Redis answered (possibly with an error): it is up.
-    Answered,
-    /// No answer in time, or the connection failed: trips the breaker, and the next call
-    /// connects anew. A connection with a reply overdue cannot be trusted to be in step any
-    /// more: a server (or proxy) that swallowed replies would pair every later reply with the
-    /// wrong request, and one streaming a huge reply would keep it buffering. Dropping it
-    /// aborts its reader (redis-rs aborts a connection's driver with its last handle), so what
-    /// a misbehaving server can make us buffer is bounded by what arrives within one deadline.
-    Failed,
-}
-
 impl L2 {
     /// The connect, `AUTH` and `SELECT` of [`L2::open_direct`], within no deadline of its own.
     pub(super) async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
@@ -233,88 +212,115 @@ impl L2 {
         stream.into_std().map_err(unavailable)
     }
 
-    /// One Redis call: breaker, deadline, connection, error mapping.
-    pub(super) async fn call(&self, op: &'static str, req: Request) -> Result<Value> {
+    /// Carries `command` as `call` (gated and timed by [`L2::begin`]) and ends it.
+    pub(crate) async fn carry(&self, call: Call, command: &Command<'_>) -> Result<Reply> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Internal(format!(
-                "{op}: the Redis L2 must be used inside a tokio runtime"
+                "{}: the Redis L2 must be used inside a tokio runtime",
+                call.op()
             )));
         }
-        let Some(permit) = self.inner.breaker.try_acquire() else {
-            return Err(Error::Unavailable("circuit open".to_owned()));
-        };
         let mut used = None;
         let attempt = async {
-            let (generation, mut conn) = self.inner.connection().await?;
+            let (generation, mut conn) = self
+                .inner
+                .connection()
+                .await
+                .map_err(|e| self.inner.failure(&e))?;
             used = Some(generation);
-            match &req {
-                Request::Cmd(cmd) => cmd.query_async::<Value>(&mut conn).await,
-                Request::Script(inv) => inv.invoke_async::<Value>(&mut conn).await,
+            let mut cmd = Cmd::new();
+            for arg in command.args() {
+                cmd.arg(arg);
+            }
+            match conn.req_packed_command(&cmd).await {
+                Ok(value) => Ok(reply_of(value)),
+                Err(e) => self.inner.translate(&e),
             }
         };
-        let outcome = tokio::time::timeout(self.inner.op_timeout, attempt).await;
-        match outcome {
-            Ok(Ok(value)) => {
-                permit.success();
-                Ok(value)
+        let got = match tokio::time::timeout_at(call.deadline(), attempt).await {
+            Ok(got) => got,
+            Err(_elapsed) => Err(Failure::Timeout),
+        };
+        let ended = call.end(got);
+        if ended.reconnect {
+            if let Some(generation) = used {
+                self.inner.forget(generation);
             }
-            Ok(Err(e)) => {
-                let (error, verdict) = self.inner.classify(op, &e);
-                self.inner.report(permit, verdict, used);
-                Err(error)
-            }
-            Err(_elapsed) => {
-                self.inner.report(permit, Verdict::Failed, used);
-                Err(self.inner.timeout(op))
-            }
+        }
+        ended.reply
+    }
+
+    /// One request of `op` on this transport: [`L2::begin`], [`L2::carry`]; an `EVALSHA` Redis
+    /// does not know is sent again as `EVAL` (see [`super::protocol`]).
+    pub(crate) async fn exchange(&self, op: &'static str, command: Command<'_>) -> Result<Reply> {
+        match self.carry(self.begin(op)?, &command).await {
+            Err(e) if is_noscript(&e) => match command.as_eval() {
+                Some(eval) => self.carry(self.begin(op)?, &eval).await,
+                None => Err(e),
+            },
+            other => other,
         }
     }
 }
 
+/// A redis-rs value as the core's reply (RESP2 gives only the first six kinds; the others are
+/// mapped to their nearest RESP2 shape).
+fn reply_of(value: Value) -> Reply {
+    match value {
+        Value::Nil => Reply::Nil,
+        // `Vec<u8>` → `Bytes` takes over the reply's buffer: no copy.
+        Value::BulkString(b) => Reply::Bulk(bytes::Bytes::from(b)),
+        Value::SimpleString(s) => Reply::Simple(s),
+        Value::Okay => Reply::Simple("OK".to_owned()),
+        Value::Int(i) => Reply::Int(i),
+        Value::Boolean(b) => Reply::Int(i64::from(b)),
+        Value::Double(d) => Reply::Bulk(bytes::Bytes::from(d.to_string())),
+        Value::VerbatimString { text, .. } => Reply::Bulk(bytes::Bytes::from(text)),
+        Value::Array(items) | Value::Set(items) => {
+            Reply::Array(items.into_iter().map(reply_of).collect())
+        }
+        Value::Map(pairs) => Reply::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(k, v)| [reply_of(k), reply_of(v)])
+                .collect(),
+        ),
+        Value::ServerError(e) => Reply::Error(match e.details() {
+            Some(detail) => format!("{} {detail}", e.code()),
+            None => e.code().to_owned(),
+        }),
+        _ => Reply::Error("ERR unexpected reply type".to_owned()),
+    }
+}
+
 impl Inner {
-    pub(super) fn timeout(&self, op: &'static str) -> Error {
-        Error::Timeout {
-            op,
-            ms: u64::try_from(self.op_timeout.as_millis()).unwrap_or(u64::MAX),
+    /// A redis-rs error as what the transport got: an error reply Redis sent, or a failure.
+    fn translate(&self, e: &RedisError) -> std::result::Result<Reply, Failure> {
+        if let Some(code) = e.code() {
+            return Ok(Reply::Error(match e.detail() {
+                Some(detail) => format!("{code} {}", scrub(detail, &self.secrets)),
+                None => code.to_owned(),
+            }));
         }
-    }
-
-    fn report(&self, permit: Permit, verdict: Verdict, generation: Option<u64>) {
-        match verdict {
-            Verdict::Answered => permit.success(),
-            Verdict::Failed => {
-                if let Some(generation) = generation {
-                    self.forget(generation);
-                }
-                permit.failure();
-            }
-        }
-    }
-
-    fn classify(&self, op: &'static str, e: &RedisError) -> (Error, Verdict) {
-        if e.is_timeout() {
-            return (self.timeout(op), Verdict::Failed);
-        }
-        let message = || format!("{op}: {}", scrub(&e.to_string(), &self.secrets));
         match e.kind() {
             ErrorKind::Io
-            // The stream is not RESP (a broken proxy, garbage): nothing after it can be trusted.
             | ErrorKind::Parse
             | ErrorKind::ClusterConnectionNotFound
-            | ErrorKind::AuthenticationFailed
-            // A single-server connection still pointing at a primary that was demoted by a
-            // failover: the connection manager does not reconnect for this, so we do.
-            | ErrorKind::Server(ServerErrorKind::ReadOnly) => {
-                (Error::Unavailable(message()), Verdict::Failed)
-            }
-            // Answers, but Redis cannot serve right now.
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::TryAgain,
-            ) => (Error::Unavailable(message()), Verdict::Answered),
-            _ => (Error::Redis(message()), Verdict::Answered),
+            | ErrorKind::AuthenticationFailed => Err(self.failure(e)),
+            // The client library's own complaint about an answer: Redis did answer.
+            _ => Ok(Reply::Error(format!(
+                "ERR {}",
+                scrub(&e.to_string(), &self.secrets)
+            ))),
+        }
+    }
+
+    /// A connection-level error as a [`Failure`] (credentials scrubbed).
+    fn failure(&self, e: &RedisError) -> Failure {
+        if e.is_timeout() {
+            Failure::Timeout
+        } else {
+            Failure::Broken(scrub(&e.to_string(), &self.secrets))
         }
     }
 
