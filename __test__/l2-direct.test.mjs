@@ -272,6 +272,34 @@ describe('the event-loop path when Redis misbehaves', () => {
     }
   })
 
+  it('a demoted primary: a write answered READONLY counts as a failure and the connection is replaced', async () => {
+    const redis = await startRedis()
+    const other = await startRedis()
+    try {
+      const a = await instance(redis, { STRATA_NAMESPACE: ns() })
+      const s0 = await untilDirectRefresh(a) // a's connection is up
+      // A failover demoted the server a's connection points at.
+      await redis.cli('REPLICAOF', '127.0.0.1', String(other.port))
+      await a.call('setMany', { items: [{ key: 'ro', size: 100, seed: 1 }] })
+      const s1 = (await a.call('stats')).l2
+      expect(s1.directWrites).toBe(s0.directWrites + 1) // the SET went over the event loop ...
+      expect(s1.writeErrors).toBe(s0.writeErrors + 1) // ... and was refused: L1-only
+      await redis.cli('REPLICAOF', 'NO', 'ONE')
+      // The connection to the demoted server is not kept: the next requests connect anew.
+      let s = s1
+      for (let i = 0; i < 500 && s.directConnects === s0.directConnects; i++) {
+        await a.call('refreshTags')
+        s = (await a.call('stats')).l2
+      }
+      expect(s.directConnects).toBe(s0.directConnects + 1)
+      await a.call('setMany', { items: [{ key: 'ro', size: 100, seed: 1 }] })
+      expect((await a.call('stats')).l2.writes).toBe(s.writes + 1)
+    } finally {
+      await other.stop()
+      await redis.stop()
+    }
+  })
+
   it('a restarted Redis: the dead connection is noticed and replaced', async () => {
     const redis = await startRedis()
     try {

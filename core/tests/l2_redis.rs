@@ -1036,3 +1036,89 @@ async fn the_same_api_works_on_a_redis_cluster() {
     l2.delete_entry("/page/0").await.unwrap();
     assert_eq!(l2.get_entry("/page/0").await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_script_redis_forgot_is_sent_again_as_eval() {
+    let server = Server::start();
+    let l2 = L2::new(config(&server.url())).unwrap();
+    let mut c = raw(&server.url()).await;
+    l2.update_tags(&tags(&["t"]), None).await.unwrap();
+    // Redis restarted, or someone flushed its script cache.
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    l2.update_tags(&tags(&["t"]), None).await.unwrap();
+    l2.update_tags(&tags(&["t"]), None).await.unwrap();
+    let calls = command_calls(&mut c).await;
+    // One NOSCRIPT, answered by one EVAL with the source (which loads it); then EVALSHA again.
+    assert_eq!(calls.get("evalsha"), Some(&2), "{calls:?}");
+    assert_eq!(calls.get("eval"), Some(&1), "{calls:?}");
+    assert!(
+        !calls.keys().any(|k| k.starts_with("script")),
+        "no SCRIPT LOAD round trip: {calls:?}"
+    );
+    assert_eq!(l2.breaker().stats().consecutive_failures, 0);
+}
+
+/// Connections Redis accepted so far.
+async fn connections_received(c: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_demoted_primary_trips_the_breaker_and_its_connection_is_replaced() {
+    let primary = Server::start();
+    let other = Server::start();
+    let mut cfg = config(&primary.url());
+    cfg.breaker = fast_breaker();
+    let l2 = L2::new(cfg).unwrap();
+    let mut c = raw(&primary.url()).await;
+    l2.set_entry("/k", b"v", Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A failover demoted the server this connection points at: writes are refused.
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let before = connections_received(&mut c).await;
+    let e = l2
+        .set_entry("/k", b"w", Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Unavailable(m) if m.contains("READONLY")),
+        "{e}"
+    );
+    assert_eq!(l2.breaker().stats().consecutive_failures, 1);
+    // The next call does not reuse the connection to the demoted server: it connects anew.
+    redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    l2.set_entry("/k", b"x", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(connections_received(&mut c).await, before + 1);
+    assert_eq!(l2.breaker().stats().consecutive_failures, 0);
+    assert_eq!(&l2.get_entry("/k").await.unwrap().unwrap()[..], b"x");
+}
