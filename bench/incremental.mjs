@@ -265,11 +265,11 @@ async function measureL1(serverDistDir) {
   const notNull = (r) => { if (r === null || r === undefined) throw new Error('miss'); };
   whereGroups.push({ id: 'harness', cells: [{ id: 'harness', op: () => Promise.resolve() }] });
   for (const w of W) {
-    const payload = native.ucGet(KEY_PREFIX + w.entries[0].key).value;
+    const payload = native.ucGet(KEY_PREFIX + w.entries[0].key, []).value;
     const htmlStart = 9 + payload.readUInt32LE(5); // codec header: magic, version, u32 metadata length
     const chunks = codec.encodeValue(w.entries[0].value, CACHE_CONTROL);
     const tags = codec.tagsOf(w.entries[0].value, {});
-    where(w, 'ucGet', ({ key }) => native.ucGet(KEY_PREFIX + key), notNull);
+    where(w, 'ucGet', ({ key }) => native.ucGet(KEY_PREFIX + key, []), notNull);
     where(w, 'decodeEntry', () => consume({ ...codec.decodeEntry(payload), lastModified: 1 }), expectConsumed(w));
     if (w.kind === 'APP_PAGE') where(w, 'htmlDecode', () => payload.toString('utf8', htmlStart, htmlStart + w.htmlBytes).length);
     where(w, 'encodeValue', ({ value }) => codec.encodeValue(value, CACHE_CONTROL).length);
@@ -293,7 +293,7 @@ async function measureL1(serverDistDir) {
   const pack = (groups) => groups.map((g) => ({ w: g.w?.id, id: g.id, cells: Object.fromEntries(g.cells.map((c) => [c.contender ?? c.id, cellSummary(c)])) }));
   return {
     contenders,
-    workloads: W.map((w) => ({ id: w.id, label: w.label, kind: w.kind, entryBytes: w.entryBytes, keys: w.keys, storedBytes: native.ucGet(KEY_PREFIX + w.entries[0].key)?.value.byteLength, key: w.entries[0].key })),
+    workloads: W.map((w) => ({ id: w.id, label: w.label, kind: w.kind, entryBytes: w.entryBytes, keys: w.keys, storedBytes: native.ucGet(KEY_PREFIX + w.entries[0].key, [])?.value.byteLength, key: w.entries[0].key })),
     get: pack(getGroups), set: pack(setGroups), where: pack(whereGroups),
     ourStats: { afterGet: s1.l1, afterSet: s2.l1 },
   };

@@ -263,8 +263,8 @@ async function childRw() {
         { id: 'ioredis', op: getIo(io, s), check: expectBytes(s) },
         { id: IO_STREAM, op: getIoStream(io, s), check: expectBytes(s) },
         {
-          id: 'native.ucGetL2', prep: () => cacheKey('get', s), check: expectBytes(s),
-          op: async (key) => { counters.gets++; const r = await native.ucGetL2(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
+          id: 'native.ucGetRemote', prep: () => cacheKey('get', s), check: expectBytes(s),
+          op: async (key) => { counters.gets++; const r = await (native.ucGetRemote ?? native.ucGetL2)(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
         },
         {
           id: 'handler.get, stream not read', prep: () => cacheKey('get', s),
@@ -303,7 +303,7 @@ async function childRw() {
   const miscGroups = [
     { kind: 'misc', cells: [{ id: 'harness: `await Promise.resolve()`', op: () => Promise.resolve() }] },
     { kind: 'misc', cells: [{ id: 'tokio hop: `await native.flush(0)` (async napi call, no I/O)', op: () => native.flush(0) }] },
-    { kind: 'misc', cells: [{ id: '`native.ucGet(key)`, a sync napi call (an L1 lookup that misses)', op: () => native.ucGet(miss) }] },
+    { kind: 'misc', cells: [{ id: '`native.ucGet(key)`, a sync napi call (an L1 lookup that misses)', op: () => native.ucGet(miss, []) }] },
     { kind: 'misc', size: 1024, cells: [{ id: 'stream wrap + reader loop over a Buffer (`streamOf` + read)', op: async () => (await readNoCopy(streamOf(small))).bytes, check: expectBytes(1024) }] },
     { kind: 'misc', size: MiB, cells: [{ id: 'stream wrap + reader loop over a Buffer (`streamOf` + read)', op: async () => (await readNoCopy(streamOf(big))).bytes, check: expectBytes(MiB) }] },
     { kind: 'misc', cells: [{ id: '`new ReadableStream` + entry object (what set builds per call)', op: () => { entryOf(small); } }] },
@@ -337,8 +337,8 @@ async function childRw() {
           { id: 'ioredis autoPipelining', op: getIo(ioAP, s), check: expectBytes(s) },
           { id: IO_STREAM, op: getIoStream(io, s), check: expectBytes(s) },
           {
-            id: 'native.ucGetL2', prep: () => cacheKey('get', s), check: expectBytes(s),
-            op: async (key) => { counters.gets++; const r = await native.ucGetL2(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
+            id: 'native.ucGetRemote', prep: () => cacheKey('get', s), check: expectBytes(s),
+            op: async (key) => { counters.gets++; const r = await (native.ucGetRemote ?? native.ucGetL2)(key, SOFT_TAGS); return r ? r.value.byteLength : -1; },
           },
         ],
       });
@@ -872,10 +872,10 @@ if (rw?.seq) {
 
   line('### Where the time of an L2 hit goes (p50 / p99 µs, same process, interleaved with the rows above)');
   line();
-  line('| size | ioredis `getBuffer` | `native.ucGetL2(key, softTags)` alone | `handler.get`, stream not read | `handler.get` + read (ours above) | native − ioredis | JS wrapper (get not read − native) | reading the stream (get+read − get) |');
+  line('| size | ioredis `getBuffer` | `native.ucGetRemote(key, softTags)` alone | `handler.get`, stream not read | `handler.get` + read (ours above) | native − ioredis | JS wrapper (get not read − native) | reading the stream (get+read − get) |');
   line('|---|---|---|---|---|---|---|---|');
   for (const g of rw.seq.filter((g) => g.kind === 'get')) {
-    const [b, n, nr, o] = ['ioredis', 'native.ucGetL2', 'handler.get, stream not read', 'ours'].map((id) => cellOf(g, id));
+    const [b, n, nr, o] = ['ioredis', 'native.ucGetRemote', 'handler.get, stream not read', 'ours'].map((id) => cellOf(g, id));
     const pp = (c) => (c ? `${us(c.p50)} / ${us(c.p99)}` : '– (not run for big values)');
     line(`| ${sizeName(g.size)} | ${pp(b)} | ${pp(n)} | ${pp(nr)} | ${pp(o)} | ${us(n.p50 - b.p50)} | ${nr ? us(nr.p50 - n.p50) : `${us(o.p50 - n.p50)} (wrapper + read)`} | ${nr ? us(o.p50 - nr.p50) : '–'} |`);
   }

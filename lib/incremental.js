@@ -42,7 +42,7 @@ const { recorder } = require('./metrics.js')
 /** What this handler shares with the 'use cache' handler: one store, one configuration. */
 const store = require('./store.js')
 
-const { native, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { native, NO_TAGS, hasL2, pendingSet, beginSet, setLocal, setShared } = store
 const calls = store.incrementalCalls
 
 /** Store keys of this handler start with this: the core's, which keeps them apart (L1, Redis keys, envelope kind). */
@@ -97,13 +97,11 @@ function createIncrementalCacheHandler(options) {
           hit = await seeds.seed(key, storeKey, ctx, this.ctx.serverDistDir)
         }
         if (hit === null) return null
-        const staleByTag = Array.isArray(hit)
-        const entry = staleByTag ? hit[0] : hit
-        const { value, cacheControl } = decoded(entry)
+        const { value, cacheControl } = decoded(hit)
         // Next throws on a FETCH entry under a response key and the reverse: a miss instead.
         if (kind !== undefined && (kind === 'FETCH') !== (value !== null && value.kind === 'FETCH')) return null
-        let lastModified = entry.timestamp
-        if (staleByTag) lastModified = staleLastModified(lastModified, value, cacheControl)
+        let lastModified = hit.timestamp
+        if (hit.staleByTag) lastModified = staleLastModified(lastModified, value, cacheControl)
         return cacheControl === undefined ? { value, lastModified } : { value, lastModified, cacheControl }
       } catch (err) {
         // A failing get must never fail a render: it is a miss.
@@ -201,27 +199,23 @@ function followLog() {
   return native.ucRefreshTags().then(() => rec.refreshTags(t0), (err) => rec.refreshTags(t0, err))
 }
 
-/** The store's answer for `storeKey`: an entry, `[entry]` (a tag is stale) or null. */
+/** The store's answer for `storeKey`: its entry object (`staleByTag` when a tag is stale) or null. */
 async function lookup(storeKey, softTags) {
   if (hasL2()) {
-    let hit = native.ucGetL2(storeKey, softTags)
-    if (hit instanceof Promise) {
-      // It asked Redis: timed from here (an L1 hit never reads the clock).
+    let hit = native.ucGetFresh(storeKey, softTags)
+    if (hit === null) {
+      // It asks Redis: timed from here (an L1 hit never reads the clock).
       const t0 = performance.now()
-      hit = await hit
+      hit = await native.ucGetRemote(storeKey, softTags)
       rec.l2Get(t0, storeKey, hit)
     } else if (debug.on) {
       rec.l1Get(storeKey, hit, true)
     }
     return hit
   }
-  let hit = native.ucGet(storeKey)
-  if (hit !== null && softTags.length > 0) {
-    // Without L2 the L1 read does not see soft tags: a path invalidated after the entry was
-    // written (revalidatePath) makes it a miss, as with L2.
-    const entry = Array.isArray(hit) ? hit[0] : hit
-    if (native.ucGetExpiration(softTags) > entry.timestamp) hit = null
-  }
+  // A path invalidated after the entry was written (revalidatePath, a soft tag) makes it a
+  // miss, as with L2.
+  const hit = native.ucGet(storeKey, softTags)
   if (debug.on) rec.l1Get(storeKey, hit, false)
   return hit
 }
@@ -303,7 +297,7 @@ class SeedReader {
     const tags = tagsOf(value, {})
     setLocal(null, storeKey, chunks, tags, 0, lastModified, expire, revalidate)
     // Judged like any entry: a tag invalidated since the build makes it a miss (or stale).
-    const hit = native.ucGet(storeKey)
+    const hit = native.ucGet(storeKey, NO_TAGS)
     rec.seed(t0, key, true)
     return hit
   }

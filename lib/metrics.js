@@ -153,12 +153,12 @@ function recorder(handler, keyPrefix = '') {
       const miss = hit === null
       ;(miss ? h.get.l2Miss : h.get.l2Hit).record(ms)
       recordDuration(ms, miss ? GET_MISS : GET_HIT)
-      if (debugEnabled()) line(`get ${keyOf(storeKey)}: ${miss ? 'l2-miss' : Array.isArray(hit) ? 'l2-hit (a tag is stale)' : 'l2-hit'} ${fmtMs(ms)}`)
+      if (debugEnabled()) line(`get ${keyOf(storeKey)}: ${miss ? 'l2-miss' : hit.staleByTag ? 'l2-hit (a tag is stale)' : 'l2-hit'} ${fmtMs(ms)}`)
     },
 
     /** A get the addon answered at once (`l2`: Redis is configured). Call it only when `debug.on`. */
     l1Get(storeKey, hit, l2) {
-      const outcome = hit === null ? (l2 ? 'l1-miss' : 'l1-miss (no L2)') : Array.isArray(hit) ? 'l1-hit (a tag is stale)' : 'l1-hit'
+      const outcome = hit === null ? (l2 ? 'l1-miss' : 'l1-miss (no L2)') : hit.staleByTag ? 'l1-hit (a tag is stale)' : 'l1-hit'
       line(`get ${keyOf(storeKey)}: ${outcome}`)
     },
 

@@ -21,9 +21,6 @@ const calls = { get: 0, set: 0, refreshTags: 0, getExpiration: 0, updateTags: 0 
 const incrementalCalls = { get: 0, set: 0, revalidateTag: 0 }
 /** storeKey -> promise of the `set` in flight (a `get` of that key waits for it). */
 const pendingSets = new Map()
-/** The outcome codes of the native set calls: L1 (`ucSet`; `ucSetRemote` >> 3), L2 (`& 7`). */
-const SET_L1 = ['stored', 'skipped-dynamic', 'already-expired', 'too-large', 'too-large-first']
-const SET_L2 = ['none', 'written', 'too-large', 'too-large-first', 'failed']
 /** The configuration in effect (`native.init`'s answer), once the store exists. */
 let resolved = null
 let l2 = false
@@ -46,7 +43,7 @@ function boot(options) {
   }
   // Entry objects handed to Next are built by this literal (one shape, cheap to build and to
   // read); once per thread, as each worker thread loads this module anew.
-  native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate) => ({ value, tags, stale, timestamp, expire, revalidate }))
+  native.setEntryFactory((value, tags, stale, timestamp, expire, revalidate, staleByTag) => ({ value, tags, stale, timestamp, expire, revalidate, staleByTag }))
   l2 = native.hasL2()
   startOtel(native.nativeStats)
   if (l2) {
@@ -108,7 +105,7 @@ const bytesOf = (chunks) => (chunks.length === 1 ? chunks[0] : chunks)
  * build seed).
  */
 function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate) {
-  const outcome = SET_L1[native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)]
+  const outcome = native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate).l1
   if (debug.on && rec !== null) rec.l1Set(storeKey, chunks, outcome)
   return outcome
 }
@@ -116,26 +113,24 @@ function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalid
 /**
  * Writes an entry (its value as chunks) to L1 and Redis, timed and reported by `rec`
  * (lib/metrics.js); warns when Redis did not take it (`subject()` names the entry). Resolves
- * with what L1 and Redis did with it: `{ l1, l2 }` (SET_L1, SET_L2 names).
+ * with what L1 and Redis did with it: the addon's `SetReport`, `{ l1, l2 }`.
  */
 async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
   const t0 = performance.now()
-  let code
+  let report
   try {
-    code = await native.ucSetRemote(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
+    report = await native.ucSetRemote(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
   } catch (err) {
     rec.l2Set(t0, storeKey, chunks, undefined, undefined, toStrataError(err))
     throw err
   }
-  const written = SET_L2[code & 7]
-  const l1 = SET_L1[code >> 3]
-  rec.l2Set(t0, storeKey, chunks, l1, written)
-  if (written === 'too-large-first') {
+  rec.l2Set(t0, storeKey, chunks, report.l1, report.l2)
+  if (report.l2 === 'too-large-first') {
     log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
-  } else if (written === 'failed') {
+  } else if (report.l2 === 'failed') {
     logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
   }
-  return { l1, l2: written }
+  return report
 }
 
 /**
@@ -253,8 +248,12 @@ function config() {
   return resolved ? { ...resolved } : null
 }
 
+/** No soft tags: what a read passes when none apply. */
+const NO_TAGS = Object.freeze([])
+
 module.exports = {
   native,
+  NO_TAGS,
   calls,
   incrementalCalls,
   hasL2,

@@ -12,7 +12,7 @@ const { log, warnOncePerCode, debug } = require('./log.js')
 const { recorder } = require('./metrics.js')
 const store = require('./store.js')
 
-const { native, calls, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { native, NO_TAGS, calls, hasL2, pendingSet, beginSet, setLocal, setShared } = store
 /** Latency, OpenTelemetry and debug lines of this handler's operations (lib/metrics.js). */
 const rec = recorder('useCache')
 
@@ -38,10 +38,11 @@ function createUseCacheHandler(options) {
         let value
         if (hasL2()) {
           // With Redis, a stale or soft-tag-expired L1 copy is checked against L2 first: another
-          // instance may have regenerated it already. A fresh L1 hit comes back at once; anything
-          // else is a promise, and its request is already on its way to Redis.
-          hit = native.ucGetL2(cacheKey, isStringArray(softTags) ? softTags : [])
-          if (hit instanceof Promise) {
+          // instance may have regenerated it already. Only a fresh L1 copy is a hit here; for
+          // anything else the read goes to Redis.
+          const soft = isStringArray(softTags) ? softTags : NO_TAGS
+          hit = native.ucGetFresh(cacheKey, soft)
+          if (hit === null) {
             // Timed from here: the clock is read only on this path, never on an L1 hit.
             const t0 = performance.now()
             // Alone, a read builds its stream during the round trip, while the thread would
@@ -52,39 +53,32 @@ function createUseCacheHandler(options) {
             if (readsInFlight === 0) value = new ReadableStream({ start(c) { controller = c } })
             readsInFlight++
             try {
-              hit = await hit
+              hit = await native.ucGetRemote(cacheKey, soft)
             } finally {
               readsInFlight--
             }
             rec.l2Get(t0, cacheKey, hit)
             if (hit !== null && controller !== undefined) {
-              controller.enqueue((Array.isArray(hit) ? hit[0] : hit).value)
+              controller.enqueue(hit.value)
               controller.close()
             }
           } else if (debug.on) {
             rec.l1Get(cacheKey, hit, true)
           }
         } else {
-          hit = native.ucGet(cacheKey)
+          // Next checks the soft tags of a 'use cache' entry itself (getExpiration).
+          hit = native.ucGet(cacheKey, NO_TAGS)
           if (debug.on) rec.l1Get(cacheKey, hit, false)
         }
         if (hit === null) return undefined
-        let entry = hit
-        let revalidate
-        if (Array.isArray(hit)) {
-          // A tag of the entry was marked stale after it was created: serve once, refresh.
-          entry = hit[0]
-          revalidate = -1
-        } else {
-          revalidate = entry.revalidate
-        }
         return {
-          value: value ?? streamOf(entry.value),
-          tags: entry.tags.slice(),
-          stale: entry.stale,
-          timestamp: entry.timestamp,
-          expire: entry.expire,
-          revalidate,
+          value: value ?? streamOf(hit.value),
+          tags: hit.tags.slice(),
+          stale: hit.stale,
+          timestamp: hit.timestamp,
+          expire: hit.expire,
+          // A tag of the entry was marked stale after it was created: serve once, refresh.
+          revalidate: hit.staleByTag ? -1 : hit.revalidate,
         }
       } catch (err) {
         // A failing get must never fail a render: it is a miss.

@@ -297,19 +297,6 @@ pub fn undefined(env: &Env) -> JsResult<RawValue> {
     Ok(RawValue(v))
 }
 
-/// `[value]`.
-pub fn wrap_in_array(env: &Env, value: RawValue) -> JsResult<RawValue> {
-    let mut arr = ptr::null_mut();
-    // SAFETY: `env` is the environment of the call running on this thread, and `value` was
-    // created in it during this call (module note, `RawValue`'s contract); `arr` is created in it
-    // just before its use.
-    unsafe {
-        check_js(sys::napi_create_array_with_length(env.raw(), 1, &mut arr))?;
-        check_js(sys::napi_set_element(env.raw(), arr, 0, value.0))?;
-    }
-    Ok(RawValue(arr))
-}
-
 /// The shared JS object of `entry` (created on first use), or a fresh copy outside the owner env.
 /// Only entries L1 (still) holds keep their object alive through a reference, which their
 /// removal from L1 releases. Others (an L2 read too large for L1, an entry evicted meanwhile)
@@ -554,7 +541,7 @@ extern "C" fn factory_gone(env: *mut c_void) {
 /// # Safety
 /// `env` must be the environment of the call running on this thread, and every value in `args`
 /// created in it within the current handle scope.
-unsafe fn from_factory(env: sys::napi_env, args: &[sys::napi_value; 6]) -> Option<sys::napi_value> {
+unsafe fn from_factory(env: sys::napi_env, args: &[sys::napi_value; 7]) -> Option<sys::napi_value> {
     let (fenv, r) = FACTORY.with(|c| c.get())?;
     if fenv != env {
         return None;
@@ -588,14 +575,13 @@ unsafe fn from_factory(env: sys::napi_env, args: &[sys::napi_value; 6]) -> Optio
 }
 
 /// A new JS object for `entry` (its value an external Buffer when `shared`, else a copy), made
-/// by the registered factory when there is one.
+/// by the registered factory when there is one. Its `staleByTag` is false.
 fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_value> {
     let value = if shared {
         external_buffer(env, &entry.value)?
     } else {
         copied_buffer(env, &entry.value)?
     };
-    let env = env.raw();
     let tags = &entry.meta.tags;
     let mut arr = ptr::null_mut();
     // SAFETY: `env` is the environment of the call running on this thread (module note); `arr`
@@ -603,39 +589,85 @@ fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_va
     // tags are `&str`s, valid UTF-8 of the lengths given; out-pointers are locals.
     unsafe {
         check_js(sys::napi_create_array_with_length(
-            env,
+            env.raw(),
             tags.len(),
             &mut arr,
         ))?;
         for (i, t) in tags.iter().enumerate() {
             let mut s = ptr::null_mut();
             check_js(sys::napi_create_string_utf8(
-                env,
+                env.raw(),
                 t.as_ptr().cast(),
                 t.len() as isize,
                 &mut s,
             ))?;
-            check_js(sys::napi_set_element(env, arr, i as u32, s))?;
+            check_js(sys::napi_set_element(env.raw(), arr, i as u32, s))?;
         }
     }
+    make_entry(env, value, arr, entry, false)
+}
+
+/// The object of a hit served stale because a tag of the entry was invalidated after it was
+/// written: the entry's own `value` Buffer and `tags` (one Buffer per allocation: see
+/// [`external_buffer`]), `staleByTag: true`. Made per such hit (each one leads to a
+/// regeneration, so they are rare).
+fn stale_view(env: &Env, entry: &Entry) -> JsResult<sys::napi_value> {
+    let shared = entry_object(env, entry)?.0;
+    let mut value = ptr::null_mut();
+    let mut tags = ptr::null_mut();
+    // SAFETY: `env` is the environment of the call running on this thread (module note);
+    // `shared` was created or fetched in it just above, in this call's handle scope; the
+    // property names are NUL-terminated literals; local out-pointers.
+    unsafe {
+        check_js(sys::napi_get_named_property(
+            env.raw(),
+            shared,
+            c"value".as_ptr(),
+            &mut value,
+        ))?;
+        check_js(sys::napi_get_named_property(
+            env.raw(),
+            shared,
+            c"tags".as_ptr(),
+            &mut tags,
+        ))?;
+    }
+    make_entry(env, value, tags, entry, true)
+}
+
+/// The entry object `{ value, tags, stale, timestamp, expire, revalidate, staleByTag }` over
+/// `value` and `tags` (created in `env` in this call's handle scope), through the factory when
+/// there is one.
+fn make_entry(
+    env: &Env,
+    value: sys::napi_value,
+    tags: sys::napi_value,
+    entry: &Entry,
+    stale_by_tag: bool,
+) -> JsResult<sys::napi_value> {
+    let env = env.raw();
     let m = &entry.meta;
     let mut args = [
         value,
-        arr,
+        tags,
+        ptr::null_mut(),
         ptr::null_mut(),
         ptr::null_mut(),
         ptr::null_mut(),
         ptr::null_mut(),
     ];
-    for (slot, v) in args[2..]
+    for (slot, v) in args[2..6]
         .iter_mut()
         .zip([m.stale, m.timestamp, m.expire, m.revalidate])
     {
-        // SAFETY: `env` as above; `slot` is a local out-pointer.
+        // SAFETY: `env` is the environment of the call running on this thread (module note);
+        // `slot` is a local out-pointer.
         check_js(unsafe { sys::napi_create_double(env, v, slot) })?;
     }
-    // SAFETY: `env` as above; all six arguments were created in it above, in this call's
-    // handle scope.
+    // SAFETY: as above.
+    check_js(unsafe { sys::napi_get_boolean(env, stale_by_tag, &mut args[6]) })?;
+    // SAFETY: `env` as above; all seven arguments were created in it, in this call's handle
+    // scope (`value` and `tags` by the caller, the contract above).
     if let Some(obj) = unsafe { from_factory(env, &args) } {
         return Ok(obj);
     }
@@ -651,6 +683,7 @@ fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_va
             c"timestamp",
             c"expire",
             c"revalidate",
+            c"staleByTag",
         ]
         .iter()
         .zip(args)
@@ -661,20 +694,105 @@ fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_va
     Ok(obj)
 }
 
-/// `null`, the entry object, or `[entry]` (stale by tag) for a lookup.
+/// `null`, or the entry object (`staleByTag` true when a tag is stale: the caller then reports
+/// `revalidate: -1`) for a lookup.
 pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
     match lookup {
         Lookup::Miss => null(env),
         Lookup::Hit {
             entry,
-            stale_by_tag,
-        } => {
-            let obj = entry_object(env, &entry)?;
-            if stale_by_tag {
-                wrap_in_array(env, obj)
-            } else {
-                Ok(obj)
+            stale_by_tag: false,
+        } => entry_object(env, &entry),
+        Lookup::Hit {
+            entry,
+            stale_by_tag: true,
+        } => Ok(RawValue(stale_view(env, &entry)?)),
+    }
+}
+
+thread_local! {
+    /// This thread's shared set-report objects: its environment and one reference per
+    /// `(l1, l2)` pair (made on first use).
+    static REPORTS: std::cell::RefCell<Option<(sys::napi_env, Vec<sys::napi_ref>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The frozen object `{ l1, l2 }` for pair `index` of `count` (one per environment and pair,
+/// shared by every set: reporting an outcome allocates nothing).
+pub fn set_report(env: &Env, index: usize, count: usize, l1: &str, l2: &str) -> JsResult<RawValue> {
+    let raw = env.raw();
+    let cached = REPORTS.with(|c| {
+        let mut slot = c.borrow_mut();
+        if slot
+            .as_ref()
+            .is_none_or(|(e, refs)| *e != raw || refs.len() != count)
+        {
+            if slot.as_ref().is_none_or(|(e, _)| *e != raw) {
+                // SAFETY: `raw` is this call's environment; the hook runs at its teardown, on
+                // this thread. It is added once per env (napi aborts on a duplicate (hook, arg)
+                // pair): the slot held no table of `raw` before, and `reports_gone` clears it
+                // only at teardown.
+                unsafe { sys::napi_add_env_cleanup_hook(raw, Some(reports_gone), raw.cast()) };
             }
+            *slot = Some((raw, vec![ptr::null_mut(); count]));
+        }
+        slot.as_ref().and_then(|(_, refs)| refs.get(index).copied())
+    });
+    let Some(r) = cached else {
+        return Err(crate::internal("set report index out of range"));
+    };
+    if !r.is_null() {
+        let mut v = ptr::null_mut();
+        // SAFETY: `r` is in this thread's table for `raw` (checked above), made by
+        // napi_create_reference in `raw` below and never deleted (the table is cleared at the
+        // environment's teardown, with its references).
+        check_js(unsafe { sys::napi_get_reference_value(raw, r, &mut v) })?;
+        if !v.is_null() {
+            return Ok(RawValue(v));
         }
     }
+    let mut obj = ptr::null_mut();
+    let mut r = ptr::null_mut();
+    // SAFETY: `raw` is the environment of the call running on this thread (module note); the
+    // strings are `&str`s of the lengths given; every value is created in it just before use;
+    // the property names are NUL-terminated literals; local out-pointers.
+    unsafe {
+        check_js(sys::napi_create_object(raw, &mut obj))?;
+        for (name, text) in [(c"l1", l1), (c"l2", l2)] {
+            let mut s = ptr::null_mut();
+            check_js(sys::napi_create_string_utf8(
+                raw,
+                text.as_ptr().cast(),
+                text.len() as isize,
+                &mut s,
+            ))?;
+            check_js(sys::napi_set_named_property(raw, obj, name.as_ptr(), s))?;
+        }
+        check_js(sys::napi_object_freeze(raw, obj))?;
+        check_js(sys::napi_create_reference(raw, obj, 1, &mut r))?;
+    }
+    REPORTS.with(|c| {
+        if let Some((_, refs)) = c.borrow_mut().as_mut() {
+            if let Some(slot) = refs.get_mut(index) {
+                *slot = r;
+            }
+        }
+    });
+    Ok(RawValue(obj))
+}
+
+/// The report table's cleanup hook. Safe: it only compares its argument with an address.
+extern "C" fn reports_gone(env: *mut c_void) {
+    // Nothing may unwind into libuv/Node (see `panic.rs`).
+    let _ = crate::panic::contain(|| {
+        REPORTS.with(|c| {
+            let mut slot = c.borrow_mut();
+            if slot
+                .as_ref()
+                .is_some_and(|(e, _)| e.cast::<c_void>() == env)
+            {
+                *slot = None;
+            }
+        });
+    });
 }

@@ -27,7 +27,7 @@ use strata_core::clock::SystemClock;
 use strata_core::config::{redact_url, Config};
 use strata_core::entry::EntryMeta;
 use strata_core::metrics::Metrics;
-use strata_core::store::{Lookup, SetOutcome};
+use strata_core::store::SetOutcome;
 use strata_core::tags::Durations;
 
 use js_entry::{Chunks, RawValue};
@@ -311,34 +311,43 @@ pub fn has_l2() -> bool {
     GLOBAL.get().is_some_and(|g| g.cache.has_l2())
 }
 
-/// `get(cacheKey)` on L1: `null` on a miss, the entry object on a hit, or `[entry]` when a tag
-/// is stale (the caller then reports `revalidate: -1`). The entry object and its `value`
-/// Buffer are created once per stored entry and shared by every hit (no copy per hit).
-#[napi(js_name = "ucGet")]
-pub fn uc_get(env: Env, key: String) -> Result<RawValue, Code> {
+/// `get(cacheKey, softTags)` from L1 only, without I/O (`Cache::get_local`): the entry
+/// object, or `null`. The entry object and its `value` Buffer are created once per stored entry
+/// and shared by every hit (no copy per hit); `staleByTag` is true when a tag of the entry was
+/// invalidated after it was written (the caller then reports `revalidate: -1`).
+#[napi(js_name = "ucGet", ts_return_type = "Entry | null")]
+pub fn uc_get(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     panic::guard(move || {
         panic::inject(panic::Place::Export);
         let g = global()?;
         js_entry::release_pending(&env);
-        js_entry::lookup_value(&env, g.cache.get_local(&key))
+        js_entry::lookup_value(&env, g.cache.get_local(&key, &soft_tags))
     })
 }
 
-/// With L2: `get(cacheKey, softTags)`. A fresh L1 hit is returned at once (same shape as
-/// `ucGet`); anything else (no L1 copy, or a stale or soft-tag-expired one that another instance
-/// may have regenerated) is a promise of the newer of the L1 and L2 copies, judged. The promise
-/// never rejects. The L2 read goes over the event loop when it can (`src/uv/`), else
-/// through the runtime and the environment's bridge (`bridge.rs`).
-#[napi(js_name = "ucGetL2")]
-pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+/// With Redis, the first step of `get(cacheKey, softTags)`: a fresh L1 copy, or `null` when
+/// Redis must be asked ([`uc_get_remote`]) (`Cache::get_fresh`). Same entry objects as
+/// [`uc_get`].
+#[napi(js_name = "ucGetFresh", ts_return_type = "Entry | null")]
+pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
     panic::guard(move || {
         panic::inject(panic::Place::Export);
         let g = global()?;
         js_entry::release_pending(&env);
-        match g.cache.get_local_fresh(&key, &soft_tags) {
-            Lookup::Miss => {}
-            hit => return js_entry::lookup_value(&env, hit),
-        }
+        js_entry::lookup_value(&env, g.cache.get_fresh(&key, &soft_tags))
+    })
+}
+
+/// With Redis, after [`uc_get_fresh`] returned `null`: a promise of the newer of the L1 and L2 copies,
+/// judged (the entry object, or `null`). Never rejects. The L2 read goes over the event loop
+/// when it can (`src/uv/`), else through the runtime and the environment's bridge
+/// (`bridge.rs`).
+#[napi(js_name = "ucGetRemote", ts_return_type = "Promise<Entry | null>")]
+pub fn uc_get_remote(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+    panic::guard(move || {
+        panic::inject(panic::Place::Export);
+        let g = global()?;
+        js_entry::release_pending(&env);
         let (key, soft_tags) = match uv::try_get(&env, g, key, soft_tags)? {
             Ok(promise) => return Ok(promise),
             Err(args) => args,
@@ -352,15 +361,51 @@ pub fn uc_get_l2(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawVal
     })
 }
 
-/// A `set`'s outcome as one number, `l1 * 8 + l2` (see [`l1_code`], [`l2_code`]); index.js
-/// decodes it with tables. A number crosses into JS without allocating, where an object of two
-/// strings cost three allocations per write.
-fn set_code(g: &Global, SetReport { l1, l2 }: SetReport) -> u32 {
-    l1_code(g, l1) * 8 + l2_code(l2)
+/// The entry object a read returns (the type of what `ucGet` returns and `ucGetRemote`
+/// resolves to; the objects are made by `js_entry`, through the factory `setEntryFactory`
+/// registers).
+#[napi(object, js_name = "Entry")]
+pub struct JsEntry {
+    /// The stored bytes (a Buffer over Rust memory, shared by every hit).
+    pub value: Buffer,
+    /// The entry's tags.
+    pub tags: Vec<String>,
+    /// Next's `stale` (seconds).
+    pub stale: f64,
+    /// When it was written (ms, this process's clock).
+    pub timestamp: f64,
+    /// Next's `expire` (seconds).
+    pub expire: f64,
+    /// Next's `revalidate` (seconds).
+    pub revalidate: f64,
+    /// A tag of the entry was invalidated after it was written: serve it once, stale.
+    pub stale_by_tag: bool,
 }
 
-/// 0 none, 1 written, 2 too-large, 3 too-large (first time: warn), 4 failed.
-fn l2_code(l2: L2Write) -> u32 {
+/// The names of a set's L1 outcomes, as [`JsSetReport`]'s `l1` says them; `too-large-first` the
+/// first time in the process (the caller warns once).
+const L1_NAMES: [&str; 5] = [
+    "stored",
+    "skipped-dynamic",
+    "already-expired",
+    "too-large",
+    "too-large-first",
+];
+
+/// The names of a set's L2 outcomes, as [`JsSetReport`]'s `l2` says them.
+const L2_NAMES: [&str; 5] = ["none", "written", "too-large", "too-large-first", "failed"];
+
+fn l1_index(g: &Global, o: SetOutcome) -> usize {
+    match o {
+        SetOutcome::Stored => 0,
+        SetOutcome::SkippedDynamic => 1,
+        SetOutcome::AlreadyExpired => 2,
+        SetOutcome::TooLarge if g.cache.store().first_too_large() => 4,
+        SetOutcome::TooLarge => 3,
+    }
+}
+
+fn l2_index(l2: L2Write) -> usize {
     match l2 {
         L2Write::None => 0,
         L2Write::Written => 1,
@@ -370,9 +415,35 @@ fn l2_code(l2: L2Write) -> u32 {
     }
 }
 
-/// `set` in L1 then L2 (Redis): a promise of the outcome code ([`set_code`]). Only invalid
-/// metadata rejects; Redis trouble leaves the entry L1-only and is reported in the L2 part.
-#[napi(js_name = "ucSetRemote")]
+/// What a set did, per level (the type of what `ucSet` returns and `ucSetRemote` resolves to;
+/// the objects themselves are shared and frozen, see [`set_report_value`]).
+#[napi(object, js_name = "SetReport")]
+pub struct JsSetReport {
+    /// `"stored"`, `"skipped-dynamic"` (`expire: 0`), `"already-expired"`, `"too-large"`
+    /// (larger than L1), or `"too-large-first"` (the same, first time in the process).
+    pub l1: String,
+    /// `"none"` (no Redis, or not stored), `"written"`, `"too-large"` (over
+    /// `l2MaxValueBytes`: L1-only), `"too-large-first"` (the same, first time), or `"failed"`
+    /// (Redis did not take it: L1-only).
+    pub l2: String,
+}
+
+/// The `{ l1, l2 }` object of a set's outcome: one frozen object per pair and environment,
+/// shared, so reporting allocates nothing per write.
+fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawValue> {
+    let (l1, l2) = (l1_index(g, report.l1), l2_index(report.l2));
+    js_entry::set_report(
+        env,
+        l1 * L2_NAMES.len() + l2,
+        L1_NAMES.len() * L2_NAMES.len(),
+        L1_NAMES[l1],
+        L2_NAMES[l2],
+    )
+}
+
+/// `set` in L1 then L2 (Redis): a promise of its `SetReport`. Only invalid metadata rejects;
+/// Redis trouble leaves the entry L1-only and is reported in `l2`.
+#[napi(js_name = "ucSetRemote", ts_return_type = "Promise<SetReport>")]
 #[allow(clippy::too_many_arguments)]
 pub fn uc_set_remote(
     env: Env,
@@ -402,14 +473,9 @@ pub fn uc_set_remote(
     })
 }
 
-/// The `{ l1, l2 }` object a set's promise resolves to.
-fn set_report_value(env: &Env, g: &Global, report: SetReport) -> JsResult<RawValue> {
-    js_entry::uint32(env, set_code(g, report))
-}
-
 /// `refreshTags()`: a promise; follows the shared invalidation log (one round trip, usually
 /// empty). Rejects only in strict mode.
-#[napi(js_name = "ucRefreshTags")]
+#[napi(js_name = "ucRefreshTags", ts_return_type = "Promise<void>")]
 pub fn uc_refresh_tags(env: Env) -> Result<RawValue, Code> {
     panic::guard(move || {
         let g = global()?;
@@ -450,21 +516,9 @@ fn meta_of(
     }
 }
 
-/// The L1 outcome as JS sees it; `"too-large-first"` the first time in the process (warn once).
-/// 0 stored, 1 skipped-dynamic, 2 already-expired, 3 too-large, 4 too-large (first time: warn).
-fn l1_code(g: &Global, o: SetOutcome) -> u32 {
-    match o {
-        SetOutcome::Stored => 0,
-        SetOutcome::SkippedDynamic => 1,
-        SetOutcome::AlreadyExpired => 2,
-        SetOutcome::TooLarge if g.cache.store().first_too_large() => 4,
-        SetOutcome::TooLarge => 3,
-    }
-}
-
 /// `set(cacheKey, entry)` in L1 once the stream is read: copies the chunks once into Rust
-/// memory. Returns the L1 outcome code ([`l1_code`]).
-#[napi(js_name = "ucSet")]
+/// memory. Returns its `SetReport` (`l2` is `"none"`).
+#[napi(js_name = "ucSet", ts_return_type = "SetReport")]
 #[allow(clippy::too_many_arguments)]
 pub fn uc_set(
     env: Env,
@@ -475,14 +529,21 @@ pub fn uc_set(
     timestamp: f64,
     expire: f64,
     revalidate: f64,
-) -> Result<u32, Code> {
+) -> Result<RawValue, Code> {
     panic::guard(move || {
         panic::inject(panic::Place::Export);
         let g = global()?;
         js_entry::release_pending(&env);
         let meta = meta_of(tags, stale, timestamp, expire, revalidate);
-        let outcome = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
-        Ok(l1_code(g, outcome))
+        let l1 = g.cache.set_local(&key, chunks.0, meta).map_err(to_js)?;
+        set_report_value(
+            &env,
+            g,
+            SetReport {
+                l1,
+                l2: L2Write::None,
+            },
+        )
     })
 }
 
@@ -522,7 +583,7 @@ pub fn uc_update_tags(tags: Vec<String>, durations: Option<JsDurations>) -> Resu
 
 /// `updateTags(tags, durations?)` recorded in Redis (atomic, stamped by Redis): a promise.
 /// Rejects only in strict mode when Redis cannot record it.
-#[napi(js_name = "ucUpdateTagsRemote")]
+#[napi(js_name = "ucUpdateTagsRemote", ts_return_type = "Promise<void>")]
 pub fn uc_update_tags_remote(
     env: Env,
     tags: Vec<String>,
@@ -545,7 +606,7 @@ pub fn uc_update_tags_remote(
 
 /// Delivers invalidations queued while Redis was unavailable, waiting up to `timeout_ms`;
 /// resolves with how many are still queued (0 = all delivered, or no Redis).
-#[napi(js_name = "flush")]
+#[napi(js_name = "flush", ts_return_type = "Promise<number>")]
 pub fn flush(env: Env, timeout_ms: f64) -> Result<RawValue, Code> {
     panic::guard(move || {
         let g = global()?;

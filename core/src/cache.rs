@@ -255,26 +255,36 @@ impl Cache {
         self.store.stats()
     }
 
-    /// `get` from L1 only (no I/O). In strict mode, nothing is served while the tag state
-    /// cannot be verified.
-    pub fn get_local(&self, key: &str) -> Lookup {
-        if let Some(r) = &self.remote {
-            if r.strict && !r.verified.load(Ordering::Acquire) {
-                return Lookup::Miss;
-            }
+    /// `get` from L1 only (no I/O), judged with the request's soft tags (`timestamp <=
+    /// getExpiration(softTags)` is a miss, as Next discards it): without L2, the whole read. In
+    /// strict mode nothing is served while the tag state cannot be verified.
+    pub fn get_local<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
+        if self.unverified() {
+            return Lookup::Miss;
         }
-        self.store.get(key)
+        match self.store.get(key) {
+            Lookup::Hit { entry, .. } if self.store.soft_expired(&entry, soft_tags) => Lookup::Miss,
+            lookup => lookup,
+        }
     }
 
-    /// `get` from L1 when an L2 is configured: a hit only when the L1 copy is fresh and not
-    /// older than the request's soft-tag expiry. Anything else (absent, stale by a tag or by
-    /// time, expired by a soft tag) returns a miss so the caller asks L2, where another instance may already
-    /// have stored the regenerated value: one regeneration for the fleet, not one per instance.
-    pub fn get_local_fresh<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
-        if let Some(r) = &self.remote {
-            if r.strict && !r.verified.load(Ordering::Acquire) {
-                return Lookup::Miss;
-            }
+    /// Strict mode without a verified tag state: nothing is served.
+    fn unverified(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.strict && !r.verified.load(Ordering::Acquire))
+    }
+
+    /// `get` from L1 when an L2 is configured: a hit only when the L1 copy is fresh. Anything
+    /// else (absent, stale by a tag or by time, expired by a soft tag) is a miss so the caller
+    /// asks L2 ([`Cache::get_remote`]), where another instance may already have stored the
+    /// regenerated value: one regeneration for the fleet, not one per instance.
+    pub fn get_fresh<S: AsRef<str>>(&self, key: &str, soft_tags: &[S]) -> Lookup {
+        if self.remote.is_none() {
+            return self.get_local(key, soft_tags);
+        }
+        if self.unverified() {
+            return Lookup::Miss;
         }
         let Some(entry) = self.store.peek(key) else {
             return Lookup::Miss;
@@ -296,7 +306,7 @@ impl Cache {
         }
     }
 
-    /// `get` after [`Cache::get_local_fresh`] missed: reads L2, keeps whichever of the L1 and
+    /// `get` after [`Cache::get_fresh`] missed: reads L2, keeps whichever of the L1 and
     /// L2 copies is newer (promoting the L2 one into L1), and judges it with the same rules,
     /// soft tags included. Never fails: any problem is a miss, or the L1 copy (counted). On the
     /// tokio transport; [`Cache::start_get`] and [`Cache::finish_get`] are its two halves, for
@@ -329,7 +339,7 @@ impl Cache {
         let Some(r) = &self.remote else {
             return GetStep::Done(self.store.get(key));
         };
-        if r.strict && !r.verified.load(Ordering::Acquire) {
+        if self.unverified() {
             return GetStep::Done(Lookup::Miss);
         }
         match r.l2.begin("get_entry") {
@@ -925,7 +935,7 @@ mod tests {
         );
         // Promoted: a fresh L1 hit now, without L2.
         assert_eq!(
-            value(reader.get_local_fresh("k", &[] as &[&str])).as_deref(),
+            value(reader.get_fresh("k", &[] as &[&str])).as_deref(),
             Some(&b"from-l2"[..])
         );
         // An older L2 copy never replaces a newer L1 one.
@@ -976,15 +986,32 @@ mod tests {
     }
 
     #[test]
+    fn without_l2_a_soft_tag_invalidated_after_the_write_is_a_miss() {
+        let clock = ManualClock::new(T0);
+        let config = Options::default().resolve().unwrap();
+        let c = Cache::new(&config, Arc::new(clock.clone()), None, None).unwrap();
+        c.set_local("k", Bytes::from_static(b"v"), meta(900.0))
+            .unwrap();
+        let soft = ["_N_T_/page"];
+        assert!(value(c.get_local("k", &soft)).is_some());
+        clock.advance(10.0);
+        c.update_tags_local(&["_N_T_/page".to_owned()], None);
+        // revalidatePath of the request's path: Next would discard it, so it is a miss ...
+        assert!(value(c.get_local("k", &soft)).is_none());
+        // ... for requests that carry that soft tag only.
+        assert!(value(c.get_local("k", &[] as &[&str])).is_some());
+    }
+
+    #[test]
     fn an_l1_copy_past_its_revalidate_window_asks_l2() {
         let clock = ManualClock::new(T0);
         let c = cache(&clock, 1 << 20);
         c.set_local("k", Bytes::from_static(b"v"), meta(1.0))
             .unwrap();
-        assert!(value(c.get_local_fresh("k", &[] as &[&str])).is_some());
+        assert!(value(c.get_fresh("k", &[] as &[&str])).is_some());
         clock.advance(1_500.0);
         // Another instance may have regenerated it: not fresh here, the caller reads L2 ...
-        assert!(value(c.get_local_fresh("k", &[] as &[&str])).is_none());
+        assert!(value(c.get_fresh("k", &[] as &[&str])).is_none());
         // ... and with nothing newer there, the stale copy is served (Next regenerates it).
         assert_eq!(
             value(c.finish_remote("k", &[] as &[&str], Ok(None))).as_deref(),

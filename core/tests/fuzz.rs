@@ -1341,8 +1341,8 @@ fn drive_envelope(
 
     // 4. A later L1 read of the key (judges what was promoted).
     if !poisoned {
-        let l1 = stage(&mut problems, "Cache::get_local_fresh", || {
-            match cache.get_local_fresh(&key, soft_tags) {
+        let l1 = stage(&mut problems, "Cache::get_fresh", || {
+            match cache.get_fresh(&key, soft_tags) {
                 Lookup::Hit { entry, .. } if *entry.key != *key => {
                     Err(format!("L1 served key {:?} for {key:?}", &*entry.key))
                 }
