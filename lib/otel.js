@@ -106,13 +106,13 @@ function registerObservables(meter, readNative) {
   meter.addBatchObservableCallback((observer) => {
     const n = readNative()
     if (!n) return // the store does not exist yet
-    observer.observe(lookups, n.hits, L1_HIT)
-    observer.observe(lookups, n.misses, L1_MISS)
-    observer.observe(entries, n.entries)
-    observer.observe(memoryUsed, n.bytes)
-    observer.observe(memoryLimit, n.maxBytes)
-    observer.observe(evictions, n.evictions)
-    observer.observe(tagsInvalidated, n.tagsUpdated)
+    observer.observe(lookups, n.l1.hits, L1_HIT)
+    observer.observe(lookups, n.l1.misses, L1_MISS)
+    observer.observe(entries, n.l1.entries)
+    observer.observe(memoryUsed, n.l1.bytes)
+    observer.observe(memoryLimit, n.l1.maxBytes)
+    observer.observe(evictions, n.l1.evictions)
+    observer.observe(tagsInvalidated, n.tags.updated)
     const l2 = n.l2
     if (!l2) return
     observer.observe(lookups, l2.hits, L2_HIT)

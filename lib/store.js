@@ -201,24 +201,10 @@ function stats() {
   return {
     calls: { ...calls },
     incrementalCalls: { ...incrementalCalls },
-    l1: n
-      ? {
-          entries: n.entries,
-          bytes: n.bytes,
-          maxBytes: n.maxBytes,
-          hits: n.hits,
-          misses: n.misses,
-          sets: n.sets,
-          evictions: n.evictions,
-          skippedDynamic: n.skippedDynamic,
-          rejectedTooLarge: n.rejectedTooLarge,
-          jsViews: n.jsViews,
-        }
-      : null,
-    tags: n
-      ? { updated: n.tagsUpdated, records: n.tagRecords, staleHits: n.staleByTag, expiredMisses: n.expiredByTag }
-      : null,
-    l2: n && n.l2 ? { ...n.l2 } : null,
+    // The addon's counters under the core's names (core/src/store.rs, core/src/cache.rs).
+    l1: n ? n.l1 : null,
+    tags: n ? n.tags : null,
+    l2: n && n.l2 ? n.l2 : null,
     internalPanics: n ? n.internalPanics : 0,
     latency: latencyStats(),
   }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::js_entry::{self, RawValue};
 use crate::panic::{self, contained, Contained, Place};
-use crate::{internal, JsResult};
+use crate::{check, internal, JsResult};
 
 /// What a finished call hands back: run on the environment's thread, it makes the promise's
 /// value (or its rejection).
@@ -51,14 +51,6 @@ struct Queue {
 
 /// Environment address → its bridge.
 static BRIDGES: Mutex<Option<HashMap<usize, Arc<Bridge>>>> = Mutex::new(None);
-
-fn check(status: sys::napi_status) -> JsResult<()> {
-    if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(internal(format!("napi call failed with status {status}")))
-    }
-}
 
 /// `env`'s bridge, made on first use. `env` is `submit`'s (its only caller): the environment of
 /// the JS call running on this thread.

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use strata_core::entry::Entry;
 use strata_core::store::Lookup;
 
-use crate::{internal, JsResult};
+use crate::JsResult;
 
 /// A raw JS value returned as is.
 pub struct RawValue(sys::napi_value);
@@ -179,19 +179,9 @@ unsafe fn uint8_view(env: sys::napi_env, value: sys::napi_value) -> Result<(*con
     Ok((data as *const u8, len))
 }
 
+/// [`crate::check`] for the conversions napi-rs calls (which return its own error type).
 fn check(status: sys::napi_status) -> Result<()> {
-    if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            Status::GenericFailure,
-            format!("napi call failed with status {status}"),
-        ))
-    }
-}
-
-fn check_js(status: sys::napi_status) -> JsResult<()> {
-    check(status).map_err(|e| internal(e.reason))
+    crate::check(status).map_err(|e| Error::new(Status::GenericFailure, e.reason))
 }
 
 /// Up to this size the first read of an entry is handed a copy instead of the shared object.
@@ -275,7 +265,7 @@ pub fn null(env: &Env) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
     // SAFETY: `env` is the environment of the call running on this thread (module note); a
     // local out-pointer.
-    check_js(unsafe { sys::napi_get_null(env.raw(), &mut v) })?;
+    crate::check(unsafe { sys::napi_get_null(env.raw(), &mut v) })?;
     Ok(RawValue(v))
 }
 
@@ -284,7 +274,7 @@ pub fn uint32(env: &Env, n: u32) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
     // SAFETY: `env` is the environment of the call running on this thread (module note); a
     // local out-pointer.
-    check_js(unsafe { sys::napi_create_uint32(env.raw(), n, &mut v) })?;
+    crate::check(unsafe { sys::napi_create_uint32(env.raw(), n, &mut v) })?;
     Ok(RawValue(v))
 }
 
@@ -293,7 +283,7 @@ pub fn undefined(env: &Env) -> JsResult<RawValue> {
     let mut v = ptr::null_mut();
     // SAFETY: `env` is the environment of the call running on this thread (module note); a
     // local out-pointer.
-    check_js(unsafe { sys::napi_get_undefined(env.raw(), &mut v) })?;
+    crate::check(unsafe { sys::napi_get_undefined(env.raw(), &mut v) })?;
     Ok(RawValue(v))
 }
 
@@ -310,7 +300,7 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
             // SAFETY: `r` is in VIEWS, so it was made by napi_create_reference (count 1, below)
             // in the owner environment, which is `env` (`owner`), and is not deleted yet: every
             // deletion first removes it from the map, and we hold the map's lock.
-            check_js(unsafe {
+            crate::check(unsafe {
                 sys::napi_get_reference_value(env.raw(), r as sys::napi_ref, &mut v)
             })?;
             if !v.is_null() {
@@ -330,7 +320,7 @@ fn entry_object(env: &Env, entry: &Entry) -> JsResult<RawValue> {
         let mut r = ptr::null_mut();
         // SAFETY: `env` is the environment of the call running on this thread (module note), and
         // `obj` was just created in it by `build_object`, in this call's handle scope.
-        check_js(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
+        crate::check(unsafe { sys::napi_create_reference(env.raw(), obj, 1, &mut r) })?;
         VIEWS
             .lock()
             .get_or_insert_with(Views::default)
@@ -404,7 +394,7 @@ fn external_buffer(env: &Env, bytes: &Bytes) -> JsResult<sys::napi_value> {
         let mut data = ptr::null_mut();
         // SAFETY: `env` is the environment of the call running on this thread (module note);
         // local out-pointers.
-        check_js(unsafe { sys::napi_create_buffer(env.raw(), 0, &mut data, &mut out) })?;
+        crate::check(unsafe { sys::napi_create_buffer(env.raw(), 0, &mut data, &mut out) })?;
         return Ok(out);
     }
     let hold = Box::into_raw(Box::new(bytes.clone()));
@@ -445,7 +435,7 @@ fn copied_buffer(env: &Env, bytes: &Bytes) -> JsResult<sys::napi_value> {
     // SAFETY: `env` is the environment of the call running on this thread (module note); napi
     // copies `bytes.len()` readable bytes from `bytes.as_ptr()`, which `bytes` keeps alive and
     // unchanged during the call; local out-pointers.
-    check_js(unsafe {
+    crate::check(unsafe {
         sys::napi_create_buffer_copy(
             env.raw(),
             bytes.len(),
@@ -504,7 +494,7 @@ pub fn set_factory(env: &Env, f: JsFunction) -> JsResult<()> {
     let mut r = ptr::null_mut();
     // SAFETY: `raw` is the environment of the call running on this thread (module note), and
     // `f` is an argument of this call (`JsFunction` is only made by `from_napi_value`).
-    check_js(unsafe { sys::napi_create_reference(raw, f.0, 1, &mut r) })?;
+    crate::check(unsafe { sys::napi_create_reference(raw, f.0, 1, &mut r) })?;
     match FACTORY.with(|c| c.replace(Some((raw, r)))) {
         // Registered again in the same env: its hook is in place already.
         // SAFETY: `old` was made by napi_create_reference in `raw` (the slot pairs each
@@ -588,20 +578,20 @@ fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_va
     // and the strings are created in it just before their use, in this call's handle scope; the
     // tags are `&str`s, valid UTF-8 of the lengths given; out-pointers are locals.
     unsafe {
-        check_js(sys::napi_create_array_with_length(
+        crate::check(sys::napi_create_array_with_length(
             env.raw(),
             tags.len(),
             &mut arr,
         ))?;
         for (i, t) in tags.iter().enumerate() {
             let mut s = ptr::null_mut();
-            check_js(sys::napi_create_string_utf8(
+            crate::check(sys::napi_create_string_utf8(
                 env.raw(),
                 t.as_ptr().cast(),
                 t.len() as isize,
                 &mut s,
             ))?;
-            check_js(sys::napi_set_element(env.raw(), arr, i as u32, s))?;
+            crate::check(sys::napi_set_element(env.raw(), arr, i as u32, s))?;
         }
     }
     make_entry(env, value, arr, entry, false)
@@ -619,13 +609,13 @@ fn stale_view(env: &Env, entry: &Entry) -> JsResult<sys::napi_value> {
     // `shared` was created or fetched in it just above, in this call's handle scope; the
     // property names are NUL-terminated literals; local out-pointers.
     unsafe {
-        check_js(sys::napi_get_named_property(
+        crate::check(sys::napi_get_named_property(
             env.raw(),
             shared,
             c"value".as_ptr(),
             &mut value,
         ))?;
-        check_js(sys::napi_get_named_property(
+        crate::check(sys::napi_get_named_property(
             env.raw(),
             shared,
             c"tags".as_ptr(),
@@ -662,10 +652,10 @@ fn make_entry(
     {
         // SAFETY: `env` is the environment of the call running on this thread (module note);
         // `slot` is a local out-pointer.
-        check_js(unsafe { sys::napi_create_double(env, v, slot) })?;
+        crate::check(unsafe { sys::napi_create_double(env, v, slot) })?;
     }
     // SAFETY: as above.
-    check_js(unsafe { sys::napi_get_boolean(env, stale_by_tag, &mut args[6]) })?;
+    crate::check(unsafe { sys::napi_get_boolean(env, stale_by_tag, &mut args[6]) })?;
     // SAFETY: `env` as above; all seven arguments were created in it, in this call's handle
     // scope (`value` and `tags` by the caller, the contract above).
     if let Some(obj) = unsafe { from_factory(env, &args) } {
@@ -675,7 +665,7 @@ fn make_entry(
     // SAFETY: `env` as above; `obj` is created in it before use, the values set on it were
     // created above; the property names are NUL-terminated C string literals.
     unsafe {
-        check_js(sys::napi_create_object(env, &mut obj))?;
+        crate::check(sys::napi_create_object(env, &mut obj))?;
         for (name, v) in [
             c"value",
             c"tags",
@@ -688,7 +678,7 @@ fn make_entry(
         .iter()
         .zip(args)
         {
-            check_js(sys::napi_set_named_property(env, obj, name.as_ptr(), v))?;
+            crate::check(sys::napi_set_named_property(env, obj, name.as_ptr(), v))?;
         }
     }
     Ok(obj)
@@ -746,7 +736,7 @@ pub fn set_report(env: &Env, index: usize, count: usize, l1: &str, l2: &str) -> 
         // SAFETY: `r` is in this thread's table for `raw` (checked above), made by
         // napi_create_reference in `raw` below and never deleted (the table is cleared at the
         // environment's teardown, with its references).
-        check_js(unsafe { sys::napi_get_reference_value(raw, r, &mut v) })?;
+        crate::check(unsafe { sys::napi_get_reference_value(raw, r, &mut v) })?;
         if !v.is_null() {
             return Ok(RawValue(v));
         }
@@ -757,19 +747,19 @@ pub fn set_report(env: &Env, index: usize, count: usize, l1: &str, l2: &str) -> 
     // strings are `&str`s of the lengths given; every value is created in it just before use;
     // the property names are NUL-terminated literals; local out-pointers.
     unsafe {
-        check_js(sys::napi_create_object(raw, &mut obj))?;
+        crate::check(sys::napi_create_object(raw, &mut obj))?;
         for (name, text) in [(c"l1", l1), (c"l2", l2)] {
             let mut s = ptr::null_mut();
-            check_js(sys::napi_create_string_utf8(
+            crate::check(sys::napi_create_string_utf8(
                 raw,
                 text.as_ptr().cast(),
                 text.len() as isize,
                 &mut s,
             ))?;
-            check_js(sys::napi_set_named_property(raw, obj, name.as_ptr(), s))?;
+            crate::check(sys::napi_set_named_property(raw, obj, name.as_ptr(), s))?;
         }
-        check_js(sys::napi_object_freeze(raw, obj))?;
-        check_js(sys::napi_create_reference(raw, obj, 1, &mut r))?;
+        crate::check(sys::napi_object_freeze(raw, obj))?;
+        crate::check(sys::napi_create_reference(raw, obj, 1, &mut r))?;
     }
     REPORTS.with(|c| {
         if let Some((_, refs)) = c.borrow_mut().as_mut() {

@@ -26,8 +26,7 @@ use strata_core::cache::{Cache, L2Write, SetReport, CLOCK_SYNC_INTERVAL};
 use strata_core::clock::SystemClock;
 use strata_core::config::{redact_url, Config};
 use strata_core::entry::EntryMeta;
-use strata_core::metrics::Metrics;
-use strata_core::store::SetOutcome;
+use strata_core::store::{Lookup, SetOutcome};
 use strata_core::tags::Durations;
 
 use js_entry::{Chunks, RawValue};
@@ -56,6 +55,15 @@ fn to_js(err: strata_core::Error) -> napi::Error<Code> {
 
 fn internal(msg: impl Into<String>) -> napi::Error<Code> {
     napi::Error::new(Code("STRATA_INTERNAL"), msg.into())
+}
+
+/// A napi call's status as a result: anything but `napi_ok` is an internal error.
+fn check(status: napi::sys::napi_status) -> JsResult<()> {
+    if status == napi::sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(internal(format!("napi call failed with status {status}")))
+    }
 }
 
 #[napi_derive::module_init]
@@ -317,12 +325,7 @@ pub fn has_l2() -> bool {
 /// invalidated after it was written (the caller then reports `revalidate: -1`).
 #[napi(js_name = "ucGet", ts_return_type = "Entry | null")]
 pub fn uc_get(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
-    panic::guard(move || {
-        panic::inject(panic::Place::Export);
-        let g = global()?;
-        js_entry::release_pending(&env);
-        js_entry::lookup_value(&env, g.cache.get_local(&key, &soft_tags))
-    })
+    read_l1(env, move |cache| cache.get_local(&key, &soft_tags))
 }
 
 /// With Redis, the first step of `get(cacheKey, softTags)`: a fresh L1 copy, or `null` when
@@ -330,11 +333,16 @@ pub fn uc_get(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue,
 /// [`uc_get`].
 #[napi(js_name = "ucGetFresh", ts_return_type = "Entry | null")]
 pub fn uc_get_fresh(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
+    read_l1(env, move |cache| cache.get_fresh(&key, &soft_tags))
+}
+
+/// A synchronous L1 read: its entry object, or `null`.
+fn read_l1(env: Env, read: impl FnOnce(&Cache) -> Lookup) -> Result<RawValue, Code> {
     panic::guard(move || {
         panic::inject(panic::Place::Export);
         let g = global()?;
         js_entry::release_pending(&env);
-        js_entry::lookup_value(&env, g.cache.get_fresh(&key, &soft_tags))
+        js_entry::lookup_value(&env, read(&g.cache))
     })
 }
 
@@ -634,9 +642,24 @@ pub fn uc_get_expiration(tags: Vec<String>) -> Result<f64, Code> {
     panic::guard(move || Ok(global()?.cache.get_expiration(&tags)))
 }
 
-/// Counters and sizes of the process-wide cache.
+/// What `stats()` reports of the native cache: the core's counters under the core's names
+/// (`strata_core::store::Stats`, `strata_core::cache::L2Stats`), plus the binding's own.
 #[napi(object)]
 pub struct NativeStats {
+    /// `stats().l1`.
+    pub l1: NativeL1Stats,
+    /// `stats().tags`.
+    pub tags: NativeTagStats,
+    /// `stats().l2`, when Redis is configured.
+    pub l2: Option<NativeL2Stats>,
+    /// Internal errors (panics) contained at the boundary with Node: each became a miss or a
+    /// `STRATA_INTERNAL` rejection. Non-zero is a bug worth reporting.
+    pub internal_panics: f64,
+}
+
+/// `stats().l1` (`strata_core::store::L1Stats`, and the entry objects shared with JS).
+#[napi(object)]
+pub struct NativeL1Stats {
     /// Entries in L1.
     pub entries: f64,
     /// Bytes charged in L1.
@@ -655,24 +678,24 @@ pub struct NativeStats {
     pub skipped_dynamic: f64,
     /// Entries refused because larger than L1.
     pub rejected_too_large: f64,
-    /// Hits served stale because of a tag.
-    pub stale_by_tag: f64,
-    /// Misses because a tag expired the entry.
-    pub expired_by_tag: f64,
-    /// Tags invalidated.
-    pub tags_updated: f64,
-    /// Tag records held.
-    pub tag_records: f64,
     /// Entry objects currently shared with JS.
     pub js_views: f64,
-    /// Internal errors (panics) contained at the boundary with Node: each became a miss or a
-    /// `STRATA_INTERNAL` rejection. Non-zero is a bug worth reporting.
-    pub internal_panics: f64,
-    /// L2 counters, when Redis is configured.
-    pub l2: Option<NativeL2Stats>,
 }
 
-/// L2 counters.
+/// `stats().tags` (`strata_core::store::TagStats`).
+#[napi(object)]
+pub struct NativeTagStats {
+    /// Tags invalidated.
+    pub updated: f64,
+    /// Tag records held.
+    pub records: f64,
+    /// Hits served stale because a tag of the entry was invalidated after it was written.
+    pub stale_hits: f64,
+    /// Misses because a tag expired the entry.
+    pub expired_misses: f64,
+}
+
+/// `stats().l2` (`strata_core::cache::L2Stats`, and the event-loop transport's counters).
 #[napi(object)]
 pub struct NativeL2Stats {
     /// Reads that found a valid entry.
@@ -724,55 +747,51 @@ pub struct NativeL2Stats {
 pub fn native_stats(env: Env) -> Option<NativeStats> {
     let g = GLOBAL.get()?;
     js_entry::release_pending(&env);
-    let s = g.cache.stats();
-    let l2 = g
-        .cache
-        .l2_metrics()
-        .zip(g.cache.l2())
-        .map(|(m, l2)| NativeL2Stats {
-            hits: Metrics::read(&m.hits) as f64,
-            misses: Metrics::read(&m.misses) as f64,
-            errors: Metrics::read(&m.errors) as f64,
-            decode_errors: Metrics::read(&m.decode_errors) as f64,
-            foreign: Metrics::read(&m.foreign) as f64,
-            writes: Metrics::read(&m.writes) as f64,
-            write_errors: Metrics::read(&m.write_errors) as f64,
-            too_large: Metrics::read(&m.too_large) as f64,
-            invalidations: Metrics::read(&m.invalidations) as f64,
-            invalidations_queued: Metrics::read(&m.invalidations_queued) as f64,
-            invalidations_replayed: Metrics::read(&m.invalidations_replayed) as f64,
-            invalidations_pending: g.cache.pending_invalidations() as f64,
-            refreshes: Metrics::read(&m.refreshes) as f64,
-            resyncs: Metrics::read(&m.resyncs) as f64,
-            data_lost: Metrics::read(&m.data_lost) as f64,
-            breaker: match l2.breaker().state() {
-                strata_core::breaker::State::Closed => "closed",
-                strata_core::breaker::State::Open => "open",
-                strata_core::breaker::State::HalfOpen => "half-open",
-            }
-            .to_owned(),
-            clock_offset_ms: g.cache.store().clock().offset(),
-            direct_reads: uv::DIRECT_READS.load(Ordering::Relaxed) as f64,
-            direct_connects: uv::DIRECT_CONNECTS.load(Ordering::Relaxed) as f64,
-            direct_refreshes: uv::DIRECT_REFRESHES.load(Ordering::Relaxed) as f64,
-            direct_writes: uv::DIRECT_WRITES.load(Ordering::Relaxed) as f64,
-        });
+    let strata_core::store::Stats { l1, tags } = g.cache.stats();
+    let n = |v: u64| v as f64;
+    let l2 = g.cache.l2_stats().map(|s| NativeL2Stats {
+        hits: n(s.hits),
+        misses: n(s.misses),
+        errors: n(s.errors),
+        decode_errors: n(s.decode_errors),
+        foreign: n(s.foreign),
+        writes: n(s.writes),
+        write_errors: n(s.write_errors),
+        too_large: n(s.too_large),
+        invalidations: n(s.invalidations),
+        invalidations_queued: n(s.invalidations_queued),
+        invalidations_replayed: n(s.invalidations_replayed),
+        invalidations_pending: n(s.invalidations_pending),
+        refreshes: n(s.refreshes),
+        resyncs: n(s.resyncs),
+        data_lost: n(s.data_lost),
+        breaker: s.breaker.to_owned(),
+        clock_offset_ms: s.clock_offset_ms,
+        direct_reads: n(uv::DIRECT_READS.load(Ordering::Relaxed)),
+        direct_connects: n(uv::DIRECT_CONNECTS.load(Ordering::Relaxed)),
+        direct_refreshes: n(uv::DIRECT_REFRESHES.load(Ordering::Relaxed)),
+        direct_writes: n(uv::DIRECT_WRITES.load(Ordering::Relaxed)),
+    });
     Some(NativeStats {
-        entries: s.entries as f64,
-        bytes: s.bytes as f64,
-        max_bytes: s.max_bytes as f64,
-        hits: s.hits as f64,
-        misses: s.misses as f64,
-        sets: s.sets as f64,
-        evictions: s.evictions as f64,
-        skipped_dynamic: s.skipped_dynamic as f64,
-        rejected_too_large: s.rejected_too_large as f64,
-        stale_by_tag: s.stale_by_tag as f64,
-        expired_by_tag: s.expired_by_tag as f64,
-        tags_updated: s.tags_updated as f64,
-        tag_records: s.tag_records as f64,
-        js_views: js_entry::live_views() as f64,
-        internal_panics: panic::PANICS.load(Ordering::Relaxed) as f64,
+        l1: NativeL1Stats {
+            entries: n(l1.entries),
+            bytes: n(l1.bytes),
+            max_bytes: n(l1.max_bytes),
+            hits: n(l1.hits),
+            misses: n(l1.misses),
+            sets: n(l1.sets),
+            evictions: n(l1.evictions),
+            skipped_dynamic: n(l1.skipped_dynamic),
+            rejected_too_large: n(l1.rejected_too_large),
+            js_views: js_entry::live_views() as f64,
+        },
+        tags: NativeTagStats {
+            updated: n(tags.updated),
+            records: n(tags.records),
+            stale_hits: n(tags.stale_hits),
+            expired_misses: n(tags.expired_misses),
+        },
         l2,
+        internal_panics: n(panic::PANICS.load(Ordering::Relaxed)),
     })
 }

@@ -102,6 +102,17 @@ pub enum State {
     HalfOpen,
 }
 
+impl State {
+    /// How `stats()` says it: `"closed"`, `"open"` or `"half-open"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+        }
+    }
+}
+
 /// Counters for `stats()`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerStats {

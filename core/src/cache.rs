@@ -134,6 +134,45 @@ pub struct L2Metrics {
     pub data_lost: AtomicU64,
 }
 
+/// `stats().l2`: a snapshot of [`L2Metrics`] and the L2's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct L2Stats {
+    /// L2 reads whose entry was used.
+    pub hits: u64,
+    /// L2 reads that found nothing.
+    pub misses: u64,
+    /// L2 reads that failed (timeout, unavailable, error reply).
+    pub errors: u64,
+    /// Values found in Redis that did not decode (garbage, truncated, other version).
+    pub decode_errors: u64,
+    /// Entries whose stored key differs (hash collision) or whose kind is not ours.
+    pub foreign: u64,
+    /// Entries written.
+    pub writes: u64,
+    /// Writes that failed.
+    pub write_errors: u64,
+    /// Entries too large for L2.
+    pub too_large: u64,
+    /// Invalidations recorded in Redis.
+    pub invalidations: u64,
+    /// Invalidations queued because Redis was unavailable.
+    pub invalidations_queued: u64,
+    /// Queued invalidations later delivered.
+    pub invalidations_replayed: u64,
+    /// Invalidations still waiting for Redis.
+    pub invalidations_pending: u64,
+    /// Tag refreshes (round trips).
+    pub refreshes: u64,
+    /// Full resynchronisations of the tag state.
+    pub resyncs: u64,
+    /// Times the shared state was found lost (Redis restarted empty): L1 dropped.
+    pub data_lost: u64,
+    /// The circuit breaker: `"closed"`, `"open"` or `"half-open"`.
+    pub breaker: &'static str,
+    /// The estimated `redis clock − local clock` (ms).
+    pub clock_offset_ms: f64,
+}
+
 struct Remote {
     l2: L2,
     cursor: Mutex<LogCursor>,
@@ -234,6 +273,31 @@ impl Cache {
     /// L2 counters, when configured.
     pub fn l2_metrics(&self) -> Option<&L2Metrics> {
         self.remote.as_ref().map(|r| &r.metrics)
+    }
+
+    /// `stats().l2`, when configured.
+    pub fn l2_stats(&self) -> Option<L2Stats> {
+        let r = self.remote.as_ref()?;
+        let m = &r.metrics;
+        Some(L2Stats {
+            hits: Metrics::read(&m.hits),
+            misses: Metrics::read(&m.misses),
+            errors: Metrics::read(&m.errors),
+            decode_errors: Metrics::read(&m.decode_errors),
+            foreign: Metrics::read(&m.foreign),
+            writes: Metrics::read(&m.writes),
+            write_errors: Metrics::read(&m.write_errors),
+            too_large: Metrics::read(&m.too_large),
+            invalidations: Metrics::read(&m.invalidations),
+            invalidations_queued: Metrics::read(&m.invalidations_queued),
+            invalidations_replayed: Metrics::read(&m.invalidations_replayed),
+            invalidations_pending: r.pending.lock().len() as u64,
+            refreshes: Metrics::read(&m.refreshes),
+            resyncs: Metrics::read(&m.resyncs),
+            data_lost: Metrics::read(&m.data_lost),
+            breaker: r.l2.breaker().state().name(),
+            clock_offset_ms: self.store.clock().offset(),
+        })
     }
 
     /// The largest reply an L2 reader should accept: the largest envelope this cache writes

@@ -18,9 +18,9 @@ pub struct Metrics {
     /// Entries not stored because they exceed the L1 bound.
     pub rejected_too_large: AtomicU64,
     /// Hits served with `revalidate: -1` because a tag was stale.
-    pub stale_by_tag: AtomicU64,
+    pub stale_hits: AtomicU64,
     /// Misses because a tag expired the entry.
-    pub expired_by_tag: AtomicU64,
+    pub expired_misses: AtomicU64,
     /// Tags invalidated through `updateTags`.
     pub tags_updated: AtomicU64,
 }

@@ -43,9 +43,19 @@ pub enum SetOutcome {
     TooLarge,
 }
 
-/// A snapshot of the store's counters and sizes.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What `stats()` reports about L1 and the tag state: the counters' one definition (the
+/// binding and `stats()` show these names as they are, in camelCase).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// `stats().l1`.
+    pub l1: L1Stats,
+    /// `stats().tags`.
+    pub tags: TagStats,
+}
+
+/// `stats().l1`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct L1Stats {
     /// Entries in L1.
     pub entries: u64,
     /// Bytes charged in L1.
@@ -64,14 +74,19 @@ pub struct Stats {
     pub skipped_dynamic: u64,
     /// Entries refused because larger than L1.
     pub rejected_too_large: u64,
-    /// Hits served stale because of a tag.
-    pub stale_by_tag: u64,
-    /// Misses because a tag expired the entry.
-    pub expired_by_tag: u64,
+}
+
+/// `stats().tags`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagStats {
     /// Tags invalidated.
-    pub tags_updated: u64,
+    pub updated: u64,
     /// Tag records held.
-    pub tag_records: u64,
+    pub records: u64,
+    /// Hits served stale because a tag of the entry was invalidated after it was written.
+    pub stale_hits: u64,
+    /// Misses because a tag expired the entry.
+    pub expired_misses: u64,
 }
 
 /// The process-wide store.
@@ -175,11 +190,11 @@ impl Store {
         match verdict {
             TagVerdict::Expired => {
                 self.l1.remove_if_id(&entry.key, entry.id);
-                Metrics::inc(&self.metrics.expired_by_tag);
+                Metrics::inc(&self.metrics.expired_misses);
                 Lookup::Miss
             }
             TagVerdict::Stale => {
-                Metrics::inc(&self.metrics.stale_by_tag);
+                Metrics::inc(&self.metrics.stale_hits);
                 Lookup::Hit {
                     entry,
                     stale_by_tag: true,
@@ -285,19 +300,23 @@ impl Store {
         self.l1.run_pending_tasks();
         let m = &self.metrics;
         Stats {
-            entries: self.l1.entry_count(),
-            bytes: self.l1.weighted_size(),
-            max_bytes: self.l1.max_bytes(),
-            hits: Metrics::read(&m.l1_hits),
-            misses: Metrics::read(&m.l1_misses),
-            sets: Metrics::read(&m.l1_sets),
-            evictions: Metrics::read(&m.l1_evictions),
-            skipped_dynamic: Metrics::read(&m.skipped_dynamic),
-            rejected_too_large: Metrics::read(&m.rejected_too_large),
-            stale_by_tag: Metrics::read(&m.stale_by_tag),
-            expired_by_tag: Metrics::read(&m.expired_by_tag),
-            tags_updated: Metrics::read(&m.tags_updated),
-            tag_records: self.tags.read().len() as u64,
+            l1: L1Stats {
+                entries: self.l1.entry_count(),
+                bytes: self.l1.weighted_size(),
+                max_bytes: self.l1.max_bytes(),
+                hits: Metrics::read(&m.l1_hits),
+                misses: Metrics::read(&m.l1_misses),
+                sets: Metrics::read(&m.l1_sets),
+                evictions: Metrics::read(&m.l1_evictions),
+                skipped_dynamic: Metrics::read(&m.skipped_dynamic),
+                rejected_too_large: Metrics::read(&m.rejected_too_large),
+            },
+            tags: TagStats {
+                updated: Metrics::read(&m.tags_updated),
+                records: self.tags.read().len() as u64,
+                stale_hits: Metrics::read(&m.stale_hits),
+                expired_misses: Metrics::read(&m.expired_misses),
+            },
         }
     }
 }
@@ -411,7 +430,7 @@ mod tests {
         clock.advance(5.0);
         s.update_tags(&["t"], None);
         assert!(matches!(s.get("k"), Lookup::Miss));
-        assert_eq!(s.stats().expired_by_tag, 1);
+        assert_eq!(s.stats().tags.expired_misses, 1);
     }
 
     #[test]
@@ -435,7 +454,7 @@ mod tests {
             )
             .unwrap();
         }
-        let st = s.stats();
+        let st = s.stats().l1;
         assert!(st.bytes <= max, "bytes {} > {}", st.bytes, max);
         assert!(
             st.entries < 100 && st.entries >= 10,

@@ -716,12 +716,9 @@ async fn pruning_bounds_the_tag_state() {
 /// Commands Redis ran since the last `CONFIG RESETSTAT` (scripts' inner commands included),
 /// without the test's own bookkeeping.
 async fn command_calls(c: &mut MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
+    info(c, "commandstats")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
             let calls = rest
@@ -1067,14 +1064,20 @@ async fn a_script_redis_forgot_is_sent_again_as_eval() {
     assert_eq!(l2.breaker().stats().consecutive_failures, 0);
 }
 
-/// Connections Redis accepted so far.
-async fn connections_received(c: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
+/// `INFO <section>`.
+async fn info(c: &mut MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(c)
         .await
-        .unwrap();
-    info.lines()
+        .unwrap()
+}
+
+/// Connections Redis accepted so far.
+async fn connections_received(c: &mut MultiplexedConnection) -> u64 {
+    info(c, "stats")
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix("total_connections_received:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()

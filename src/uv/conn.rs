@@ -23,14 +23,14 @@ use strata_core::l2::DirectTarget;
 use strata_core::resp::{Reader, Reply};
 
 use super::ffi::{
-    alloc_handle, check, free_handle, now_ms, uv_close, uv_poll_init, uv_poll_start, uv_poll_stop,
-    uv_ref, uv_timer_init, uv_timer_start, uv_timer_stop, uv_unref, UvHandle, UV_POLL, UV_READABLE,
+    alloc_handle, free_handle, now_ms, uv_close, uv_poll_init, uv_poll_start, uv_poll_stop, uv_ref,
+    uv_timer_init, uv_timer_start, uv_timer_stop, uv_unref, UvHandle, UV_POLL, UV_READABLE,
     UV_TIMER, UV_WRITABLE,
 };
 use super::settle::{settle, Done, Pending, What};
 use super::DIRECT_CONNECTS;
 use crate::js_entry::RawValue;
-use crate::{Global, JsResult};
+use crate::{check, Global, JsResult};
 
 /// The most one libuv callback reads before returning to the loop (which calls it again at once
 /// if more is waiting: libuv's poll is level-triggered), so that timers run in between.

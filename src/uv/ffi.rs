@@ -5,8 +5,6 @@ use std::ffi::{c_int, c_void};
 
 use napi::sys;
 
-use crate::{internal, JsResult};
-
 // libuv, as exported by the Node binary (stable ABI since libuv 1.0).
 pub(super) const UV_POLL: c_int = 8;
 pub(super) const UV_TIMER: c_int = 13;
@@ -64,12 +62,4 @@ pub(super) unsafe extern "C" fn free_handle(handle: *mut UvHandle) {
     // SAFETY: `handle` came from `alloc_handle`'s calloc and libuv is done with it (the contract
     // above): freed once, with the allocator that made it.
     unsafe { libc::free(handle) };
-}
-
-pub(super) fn check(status: sys::napi_status) -> JsResult<()> {
-    if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(internal(format!("napi call failed with status {status}")))
-    }
 }

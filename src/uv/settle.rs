@@ -13,8 +13,8 @@ use strata_core::resp::Reply;
 use strata_core::store::SetOutcome;
 
 use super::conn::{RefreshGate, STATE};
-use super::ffi::check;
 use super::{DIRECT_READS, DIRECT_REFRESHES, DIRECT_WRITES};
+use crate::check;
 use crate::js_entry::{self, RawValue};
 use crate::{Global, JsResult};
 
@@ -284,19 +284,14 @@ fn judge_refresh(
     }
 }
 
+/// `null`, or a null pointer (which napi refuses as a value) if even that failed.
 fn null(env: &Env) -> sys::napi_value {
-    let mut v = ptr::null_mut();
-    // SAFETY: `env` is the environment whose JS call or libuv callback is running on this
-    // thread (every `&Env` here is); a local out-pointer.
-    unsafe { sys::napi_get_null(env.raw(), &mut v) };
-    v
+    js_entry::null(env).map_or(ptr::null_mut(), |v| v.raw())
 }
 
+/// `undefined`, likewise.
 fn undefined(env: &Env) -> sys::napi_value {
-    let mut v = ptr::null_mut();
-    // SAFETY: as in `null`.
-    unsafe { sys::napi_get_undefined(env.raw(), &mut v) };
-    v
+    js_entry::undefined(env).map_or(ptr::null_mut(), |v| v.raw())
 }
 
 /// The JS error of a core error: its code as `err.code`.
