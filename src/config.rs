@@ -59,3 +59,62 @@ pub(crate) fn resolve_namespace(
     )?;
     Ok((ns, source.to_string()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_must_be_whole_numbers_in_range_and_name_themselves() {
+        for (o, name) in [
+            (
+                InitOptions {
+                    l1_max_bytes: Some(0.0),
+                    ..Default::default()
+                },
+                "l1MaxBytes",
+            ),
+            (
+                InitOptions {
+                    max_tags: Some(1.5),
+                    ..Default::default()
+                },
+                "maxTags",
+            ),
+            (
+                InitOptions {
+                    redis_timeout_ms: Some(f64::NAN),
+                    ..Default::default()
+                },
+                "redisTimeoutMs",
+            ),
+            (
+                InitOptions {
+                    compress_min_bytes: Some(-1.0),
+                    ..Default::default()
+                },
+                "compressMinBytes",
+            ),
+        ] {
+            let e = resolve_config(&o).unwrap_err();
+            assert_eq!(e.status.as_ref(), "STRATA_CONFIG", "{name}");
+            assert!(e.reason.contains(name), "{name}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn code_options_are_taken_as_given() {
+        // Whatever the environment says, an option given in code wins.
+        let c = resolve_config(&InitOptions {
+            l1_max_bytes: Some(123_456.0),
+            compress_min_bytes: Some(0.0),
+            strict: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.l1_max_bytes, 123_456);
+        assert_eq!(c.compress_min_bytes, 0);
+        assert!(c.strict);
+    }
+}

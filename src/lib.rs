@@ -795,3 +795,81 @@ pub fn native_stats(env: Env) -> Option<NativeStats> {
         internal_panics: n(panic::PANICS.load(Ordering::Relaxed)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_errors_keep_their_code_as_err_code() {
+        for (e, code) in [
+            (
+                strata_core::Error::Timeout { op: "get", ms: 5 },
+                "STRATA_TIMEOUT",
+            ),
+            (
+                strata_core::Error::Unavailable("down".into()),
+                "STRATA_UNAVAILABLE",
+            ),
+            (strata_core::Error::config("redis", "bad"), "STRATA_CONFIG"),
+            (
+                strata_core::Error::Internal("bug".into()),
+                "STRATA_INTERNAL",
+            ),
+        ] {
+            let message = e.to_string();
+            let js = to_js(e);
+            assert_eq!(js.status.as_ref(), code);
+            assert_eq!(js.reason, message);
+        }
+    }
+
+    #[test]
+    fn every_set_outcome_has_its_own_report_object() {
+        let l2 = [
+            (L2Write::None, "none"),
+            (L2Write::Written, "written"),
+            (L2Write::TooLarge { first: false }, "too-large"),
+            (L2Write::TooLarge { first: true }, "too-large-first"),
+            (L2Write::Failed, "failed"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for l1 in 0..L1_NAMES.len() {
+            for (w, name) in l2 {
+                assert_eq!(L2_NAMES[l2_index(w)], name);
+                let index = l1 * L2_NAMES.len() + l2_index(w);
+                assert!(index < L1_NAMES.len() * L2_NAMES.len());
+                assert!(seen.insert(index), "{l1} {name}");
+            }
+        }
+    }
+}
+
+/// The binding's unit tests run outside Node, where the N-API functions the addon takes from the
+/// Node binary do not exist. The tests never call them, but napi-rs' error type (which they
+/// build) references three in its drop code; these stand-ins let the test binary link. Each
+/// fails if it is ever called.
+#[cfg(test)]
+mod outside_node {
+    use napi::sys::{napi_env, napi_ref, napi_status, napi_threadsafe_function, Status};
+    use std::ffi::c_void;
+
+    #[no_mangle]
+    extern "C" fn napi_reference_unref(_: napi_env, _: napi_ref, _: *mut u32) -> napi_status {
+        Status::napi_generic_failure
+    }
+
+    #[no_mangle]
+    extern "C" fn napi_delete_reference(_: napi_env, _: napi_ref) -> napi_status {
+        Status::napi_generic_failure
+    }
+
+    #[no_mangle]
+    extern "C" fn napi_call_threadsafe_function(
+        _: napi_threadsafe_function,
+        _: *mut c_void,
+        _: i32,
+    ) -> napi_status {
+        Status::napi_generic_failure
+    }
+}

@@ -144,3 +144,43 @@ pub fn install_hook() {
         }
     }));
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_contained_counted_and_becomes_an_internal_error() {
+        let before = PANICS.load(Ordering::Relaxed);
+        assert_eq!(contain(|| 7), Some(7));
+        assert_eq!(contain(|| -> u8 { panic!("boom") }), None);
+        let e = guard::<()>(|| panic!("boom")).unwrap_err();
+        assert_eq!(e.status.as_ref(), "STRATA_INTERNAL");
+        assert!(e.reason.contains("a panic, contained"), "{}", e.reason);
+        // An error returned normally passes through as it is.
+        let e = guard::<()>(|| Err(crate::to_js(strata_core::Error::invalid_arg("k", "bad"))))
+            .unwrap_err();
+        assert_eq!(e.status.as_ref(), "STRATA_INVALID_ARG");
+        assert!(PANICS.load(Ordering::Relaxed) >= before + 2);
+    }
+
+    #[test]
+    fn a_panicking_future_resolves_to_an_error() {
+        let before = PANICS.load(Ordering::Relaxed);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut fut = std::pin::pin!(Contained::new(async { panic!("boom") }));
+        assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Err::<(), ()>(())));
+        let mut ok = std::pin::pin!(Contained::new(async { 5 }));
+        assert_eq!(ok.as_mut().poll(&mut cx), Poll::Ready(Ok(5)));
+        assert!(PANICS.load(Ordering::Relaxed) > before);
+    }
+
+    #[test]
+    fn nothing_is_injected_unless_asked() {
+        // `STRATA_TEST_PANIC` is not set for unit tests: every place runs through.
+        for (place, _) in Place::ALL {
+            assert_eq!(contain(|| inject(place)), Some(()));
+        }
+    }
+}

@@ -414,11 +414,7 @@ impl State {
         let mut done: Vec<Done> = pending
             .into_iter()
             .map(|pending| {
-                let why = if why == Failure::Timeout && pending.deadline > now {
-                    Failure::Collateral
-                } else {
-                    why.clone()
-                };
+                let why = failure_of(&why, pending.deadline, now);
                 conn.complete(pending, Err(why))
             })
             .collect();
@@ -612,6 +608,17 @@ impl Conn {
     }
 }
 
+/// What a request in flight fails with when its connection is dropped for `why` at `now`: a
+/// timeout drops every request on the connection, but only those past their deadline timed
+/// out; the others are collateral (they say nothing about Redis, see `Call::end`).
+fn failure_of(why: &Failure, deadline: u64, now: u64) -> Failure {
+    if *why == Failure::Timeout && deadline > now {
+        Failure::Collateral
+    } else {
+        why.clone()
+    }
+}
+
 /// The connection broke (or was closed, or sent what is not RESP, or a panic left it
 /// half-updated).
 fn lost() -> Failure {
@@ -795,4 +802,22 @@ extern "C" fn teardown_env(_arg: *mut c_void) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_overdue_requests_time_out_when_a_connection_is_dropped() {
+        assert_eq!(failure_of(&Failure::Timeout, 100, 100), Failure::Timeout);
+        assert_eq!(failure_of(&Failure::Timeout, 99, 100), Failure::Timeout);
+        assert_eq!(failure_of(&Failure::Timeout, 101, 100), Failure::Collateral);
+        // A broken connection fails everything on it, overdue or not.
+        assert_eq!(failure_of(&lost(), 101, 100), lost());
+        assert_eq!(
+            failure_of(&Failure::Collateral, 1, 100),
+            Failure::Collateral
+        );
+    }
 }
