@@ -285,7 +285,8 @@ async function childRw() {
         {
           id: 'native.ucSetRemote', prep: () => cacheKey('set', s),
           op: (key) => { counters.sets++; return native.ucSetRemote(key, v, tagsArr, PROFILE.stale, performance.timeOrigin + performance.now(), PROFILE.expire, PROFILE.revalidate); },
-          check: (code) => { if ((code & 7) !== 1) throw new Error(`ucSetRemote: outcome code ${code}, not written to L2`); },
+          // A SetReport { l1, l2 }; an older build (--ours) answered a number, l1 * 8 + l2 (1 = written).
+          check: (r) => { if (typeof r === 'number' ? (r & 7) !== 1 : r.l2 !== 'written') throw new Error(`ucSetRemote: ${JSON.stringify(r)}, not written to L2`); },
         },
       ],
     });

@@ -42,7 +42,7 @@ const { recorder } = require('./metrics.js')
 /** What this handler shares with the 'use cache' handler: one store, one configuration. */
 const store = require('./store.js')
 
-const { native, NO_TAGS, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { native, hasL2, pendingSet, beginSet, setLocal, setShared } = store
 const calls = store.incrementalCalls
 
 /** Store keys of this handler start with this: the core's, which keeps them apart (L1, Redis keys, envelope kind). */
@@ -214,8 +214,8 @@ async function lookup(storeKey, softTags) {
     return hit
   }
   // A path invalidated after the entry was written (revalidatePath, a soft tag) makes it a
-  // miss, as with L2.
-  const hit = native.ucGet(storeKey, softTags)
+  // miss, as with L2. (No soft tags: none passed, cheaper to convert than an empty array.)
+  const hit = native.ucGet(storeKey, softTags.length > 0 ? softTags : undefined)
   if (debug.on) rec.l1Get(storeKey, hit, false)
   return hit
 }
@@ -297,7 +297,7 @@ class SeedReader {
     const tags = tagsOf(value, {})
     setLocal(null, storeKey, chunks, tags, 0, lastModified, expire, revalidate)
     // Judged like any entry: a tag invalidated since the build makes it a miss (or stale).
-    const hit = native.ucGet(storeKey, NO_TAGS)
+    const hit = native.ucGet(storeKey)
     rec.seed(t0, key, true)
     return hit
   }

@@ -45,6 +45,8 @@ function createUseCacheHandler(options) {
           if (hit === null) {
             // Timed from here: the clock is read only on this path, never on an L1 hit.
             const t0 = performance.now()
+            // The request is on its way to Redis when this returns.
+            const reply = native.ucGetRemote(cacheKey, soft)
             // Alone, a read builds its stream during the round trip, while the thread would
             // otherwise wait (on a miss it is dropped unused). With other reads in flight the
             // thread is busy anyway, and a stream built early costs more than one built after
@@ -53,7 +55,7 @@ function createUseCacheHandler(options) {
             if (readsInFlight === 0) value = new ReadableStream({ start(c) { controller = c } })
             readsInFlight++
             try {
-              hit = await native.ucGetRemote(cacheKey, soft)
+              hit = await reply
             } finally {
               readsInFlight--
             }
@@ -67,7 +69,7 @@ function createUseCacheHandler(options) {
           }
         } else {
           // Next checks the soft tags of a 'use cache' entry itself (getExpiration).
-          hit = native.ucGet(cacheKey, NO_TAGS)
+          hit = native.ucGet(cacheKey)
           if (debug.on) rec.l1Get(cacheKey, hit, false)
         }
         if (hit === null) return undefined

@@ -324,8 +324,12 @@ pub fn has_l2() -> bool {
 /// and shared by every hit (no copy per hit); `staleByTag` is true when a tag of the entry was
 /// invalidated after it was written (the caller then reports `revalidate: -1`).
 #[napi(js_name = "ucGet", ts_return_type = "Entry | null")]
-pub fn uc_get(env: Env, key: String, soft_tags: Vec<String>) -> Result<RawValue, Code> {
-    read_l1(env, move |cache| cache.get_local(&key, &soft_tags))
+pub fn uc_get(env: Env, key: String, soft_tags: Option<Vec<String>>) -> Result<RawValue, Code> {
+    // Optional: the 'use cache' handler without Redis has none to pass (Next checks them), and
+    // an absent argument costs less to convert than an empty array.
+    read_l1(env, move |cache| {
+        cache.get_local(&key, soft_tags.as_deref().unwrap_or_default())
+    })
 }
 
 /// With Redis, the first step of `get(cacheKey, softTags)`: a fresh L1 copy, or `null` when

@@ -449,10 +449,7 @@ impl L2 {
     /// `SELECT`, all within `connect_timeout + op_timeout`; returned non-blocking, with
     /// `TCP_NODELAY`, for a reader outside the runtime. Gated and reported like any call.
     pub async fn open_direct(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
-        let call = self.begin_within(
-            "connect",
-            self.inner.connect_timeout + self.inner.op_timeout,
-        )?;
+        let call = self.begin_within("connect", self.inner.connect_deadline())?;
         let (got, stream) =
             match tokio::time::timeout_at(call.deadline(), self.handshake(target)).await {
                 Ok(Ok(stream)) => (Ok(resp::Reply::Nil), Some(stream)),

@@ -294,6 +294,12 @@ fn reply_of(value: Value) -> Reply {
 }
 
 impl Inner {
+    /// How long making a connection may take, `AUTH` and `SELECT` (or a cluster's slot map,
+    /// after trying several seeds) included: `connect_timeout + op_timeout`.
+    pub(super) fn connect_deadline(&self) -> std::time::Duration {
+        self.connect_timeout + self.op_timeout
+    }
+
     /// A redis-rs error as what the transport got: an error reply Redis sent, or a failure.
     fn translate(&self, e: &RedisError) -> std::result::Result<Reply, Failure> {
         if let Some(code) = e.code() {
@@ -381,9 +387,7 @@ impl Inner {
             }
         }
         let mut guard = Abandoned(&self, generation, true);
-        // The cluster client may try several seeds and then read the slot map.
-        let deadline = self.connect_timeout + self.op_timeout;
-        let result = match tokio::time::timeout(deadline, self.open()).await {
+        let result = match tokio::time::timeout(self.connect_deadline(), self.open()).await {
             Ok(result) => result,
             Err(_) => Err(RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
