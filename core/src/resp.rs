@@ -1,9 +1,12 @@
-//! A minimal RESP2 codec for the event-loop read path (`src/uv/`): command encoding and
-//! an incremental reply reader that the caller feeds from a non-blocking socket.
+//! A minimal RESP2 codec, the one both transports read replies with (the event loop's,
+//! `src/uv/`, and the tokio one's own connection, `l2/pipe.rs`): command encoding and an
+//! incremental reply reader that the caller feeds as bytes arrive.
 //!
-//! Why not the client library's parser: the event-loop path reads on Node's own thread, in the
-//! poll callback libuv runs when the socket is readable, so it needs a parser that takes bytes
-//! as they come and never waits. Two properties matter for speed:
+//! Why not a library's parser: it must take bytes as they come and never wait (the event-loop
+//! path reads on Node's own thread, in the poll callback libuv runs when the socket is
+//! readable), bound what it buffers before it buffers it, and resume its scan across reads (a
+//! measured comparison with the `redis-protocol` crate is in `bench/RESULTS.md`). Two
+//! properties matter for speed:
 //!
 //! * **A large bulk reply is read straight into its final allocation.** Once the header of a
 //!   bulk string of [`DIRECT_MIN`] bytes or more has arrived, the reader allocates exactly its
@@ -449,69 +452,6 @@ fn parse(buf: &[u8], depth: usize, max: usize) -> Result<Option<(Reply, usize)>,
     }
 }
 
-/// Follows the framing of a RESP stream (RESP2 or RESP3) without keeping it, and fails as soon
-/// as a length-prefixed string announces more than `max` bytes, or a header line runs past
-/// [`MAX_LINE`]: what a client library that buffers whole replies (redis-rs) reads through it is
-/// then bounded like [`Reader`] is. Cheap: it looks at header lines only and skips payloads by
-/// count. Nesting needs no tracking, as every element of an aggregate starts with its own line.
-#[derive(Debug)]
-pub struct FrameGuard {
-    max: usize,
-    /// The header line read so far (without its `\n`).
-    line: Vec<u8>,
-    /// Payload bytes (and their `\r\n`) still to pass before the next header line.
-    skip: usize,
-}
-
-impl FrameGuard {
-    /// A guard refusing strings longer than `max` bytes.
-    pub fn new(max: usize) -> Self {
-        FrameGuard {
-            max,
-            line: Vec::new(),
-            skip: 0,
-        }
-    }
-
-    /// Looks at the next `bytes` of the stream.
-    ///
-    /// # Errors
-    /// A [`ProtocolError`] once the stream is not acceptable; the caller drops the connection.
-    pub fn observe(&mut self, mut bytes: &[u8]) -> Result<(), ProtocolError> {
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
-                self.extend_line(bytes)?;
-                return Ok(());
-            };
-            self.extend_line(&bytes[..end])?;
-            bytes = &bytes[end + 1..];
-            let line = std::mem::take(&mut self.line);
-            let line = line.strip_suffix(b"\r").unwrap_or(&line);
-            // `$` bulk, `=` verbatim and `!` bulk-error strings carry a length-prefixed payload.
-            if let (Some(b'$' | b'=' | b'!'), Some(digits)) = (line.first(), line.get(1..)) {
-                if let Some(n) = bulk_len(digits, self.max)? {
-                    self.skip = n + 2;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn extend_line(&mut self, part: &[u8]) -> Result<(), ProtocolError> {
-        if self.line.len() + part.len() > MAX_LINE {
-            return Err(ProtocolError("header line too long"));
-        }
-        self.line.extend_from_slice(part);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -726,30 +666,6 @@ mod tests {
             }
         }
         assert!(failed);
-    }
-
-    #[test]
-    fn the_frame_guard_passes_what_the_reader_accepts_and_stops_at_the_bound() {
-        let mut wire = b"+OK\r\n:5\r\n$-1\r\n*2\r\n$3\r\nabc\r\n*1\r\n$0\r\n\r\n".to_vec();
-        wire.extend_from_slice(b"$10\r\n0123\n56789\r\n"); // a payload with a newline in it
-        wire.extend_from_slice(b"=6\r\ntxt:hi\r\n%1\r\n+k\r\n:1\r\n");
-        // Byte by byte or whole: the same verdict.
-        let mut g = FrameGuard::new(10);
-        for b in &wire {
-            g.observe(std::slice::from_ref(b)).unwrap();
-        }
-        FrameGuard::new(10).observe(&wire).unwrap();
-        assert_eq!(g.skip, 0);
-        assert!(g.line.is_empty());
-        // Over the bound, split anywhere in its header: refused before the payload arrives.
-        let mut g = FrameGuard::new(10);
-        g.observe(b"$1").unwrap();
-        assert!(g.observe(b"1\r\n").is_err());
-        assert!(FrameGuard::new(1 << 20).observe(b"$524288000\r\n").is_err());
-        assert!(FrameGuard::new(10).observe(b"$-5\r\n").is_err());
-        assert!(FrameGuard::new(10)
-            .observe(&vec![b'+'; MAX_LINE + 1])
-            .is_err());
     }
 
     #[test]

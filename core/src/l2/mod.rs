@@ -46,6 +46,7 @@
 //! [`redact_url`], and any text from the client library is scrubbed of the credentials.
 
 mod keys;
+mod pipe;
 pub mod protocol;
 mod scripts;
 mod transport;
@@ -99,9 +100,9 @@ pub struct L2Config {
     pub max_ttl: Duration,
     /// Approximate cap on the length of the invalidation log (default 10 000).
     pub log_max_len: usize,
-    /// The longest string a reply may carry (default [`resp::DEFAULT_MAX_REPLY`]): a longer one
-    /// drops the connection before it is buffered (single server over plain TCP; see
-    /// [`resp::FrameGuard`]).
+    /// The longest reply accepted (default [`resp::DEFAULT_MAX_REPLY`]): a longer one drops the
+    /// connection before it is buffered (a single server over plain TCP or TLS, on either
+    /// transport; a cluster's replies are bounded by the deadline only).
     pub max_reply_bytes: usize,
     /// The circuit breaker's tuning.
     pub breaker: BreakerConfig,

@@ -1,21 +1,22 @@
-//! The tokio transport: carries a [`Command`] over the redis-rs connection (made lazily, dropped
-//! when [`Call::end`] says so) and hands back what came of it as a [`Reply`] or a [`Failure`]
-//! (redis-rs' values and errors are translated here, at the edge); and the handshake of a
-//! direct connection (the libuv transport's, `src/uv/` in the binding).
+//! The tokio transport: carries a [`Command`] over the connection (made lazily, dropped when
+//! [`Call::end`] says so) and hands back what came of it as a [`Reply`] or a [`Failure`]; and
+//! the handshake of a direct connection (the libuv transport's, `src/uv/` in the binding).
+//!
+//! A single server over plain TCP or TLS speaking RESP2 gets our own connection ([`Pipe`]):
+//! the command's bytes out, replies through the core's RESP reader, bounded like the event
+//! loop's. A cluster, a Unix socket, an `#insecure` TLS URL or RESP3 keep redis-rs' clients,
+//! whose values and errors are translated here, at the edge.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
-use redis::aio::{
-    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
-};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use redis::{Cmd, ErrorKind, RedisError, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::pipe::Pipe;
 use super::protocol::{is_noscript, Call, Command, Failure};
 use super::{Backend, DirectTarget, Inner, L2};
 use crate::error::{Error, Result};
@@ -24,115 +25,14 @@ use crate::resp::{self, Reply};
 /// A connection to a single server or a cluster; cheap to clone (all are handles).
 #[derive(Clone)]
 pub(super) enum Conn {
-    /// A single server over plain TCP, read through a [`resp::FrameGuard`]; the driver task is
-    /// aborted when the last handle goes.
-    Plain {
-        conn: MultiplexedConnection,
-        _driver: Arc<AbortOnDrop>,
-    },
-    /// A single server over TLS or a Unix socket.
+    /// A single server over plain TCP or TLS, RESP2: our own connection.
+    Own(Pipe),
+    /// A single server over a Unix socket, `#insecure` TLS or RESP3.
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
-/// Aborts a connection's driver task (its reader and writer) when dropped.
-pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A stream whose incoming bytes pass a [`resp::FrameGuard`]: a reply announcing a string
-/// longer than the bound fails the read (the client library reports an I/O error, the
-/// connection is dropped) instead of being buffered whole.
-struct Guarded<S> {
-    inner: S,
-    guard: resp::FrameGuard,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => Poll::Ready(
-                this.guard
-                    .observe(&buf.filled()[before..])
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            ),
-            other => other,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Plain { conn: c, .. } => c.req_packed_command(cmd),
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Plain { conn: c, .. } => c.req_packed_commands(pipeline, offset, count),
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Plain { conn: c, .. } => c.get_db(),
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-pub(super) type ConnectOutcome = Option<RedisResult<Conn>>;
+pub(super) type ConnectOutcome = Option<std::result::Result<Conn, Failure>>;
 
 /// The lazily made connection. Each connection attempt and each connection has a generation,
 /// so a failure reported on an old connection never drops a newer one.
@@ -151,65 +51,19 @@ pub(super) enum Slot {
 impl L2 {
     /// The connect, `AUTH` and `SELECT` of [`L2::open_direct`], within no deadline of its own.
     pub(super) async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let unavailable = |e: std::io::Error| {
-            Error::Unavailable(scrub(
-                &format!("{}: {e}", self.inner.targets),
-                &self.inner.secrets,
-            ))
-        };
-        let mut stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+        let mut stream = connect_tcp(&target.host, target.port)
             .await
-            .map_err(unavailable)?;
-        stream.set_nodelay(true).map_err(unavailable)?;
-        let mut out = Vec::new();
-        let mut expected = 0;
-        match (&target.username, &target.password) {
-            (Some(user), Some(pass)) => {
-                resp::encode_command(&mut out, &[b"AUTH", user.as_bytes(), pass.as_bytes()]);
-                expected += 1;
-            }
-            (None, Some(pass)) => {
-                resp::encode_command(&mut out, &[b"AUTH", pass.as_bytes()]);
-                expected += 1;
-            }
-            _ => {}
-        }
-        if target.db != 0 {
-            resp::encode_command(&mut out, &[b"SELECT", target.db.to_string().as_bytes()]);
-            expected += 1;
-        }
-        if expected > 0 {
-            stream.write_all(&out).await.map_err(unavailable)?;
-            let mut reader = resp::Reader::new();
-            let mut chunk = [0u8; 512];
-            while expected > 0 {
-                match reader.next_reply() {
-                    Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
-                    Ok(Some(resp::Reply::Error(e))) => {
-                        return Err(Error::Redis(scrub(&e, &self.inner.secrets)));
-                    }
-                    Ok(Some(_)) | Err(_) => {
-                        return Err(Error::Unavailable(format!(
-                            "{}: unexpected reply during the handshake",
-                            self.inner.targets
-                        )));
-                    }
-                    Ok(None) => {
-                        let n = stream.read(&mut chunk).await.map_err(unavailable)?;
-                        if n == 0 {
-                            return Err(Error::Unavailable(format!(
-                                "{}: connection closed during the handshake",
-                                self.inner.targets
-                            )));
-                        }
-                        reader.feed(&chunk[..n]);
-                    }
-                }
-            }
-        }
+            .map_err(|e| self.inner.unavailable(&e))?;
+        self.inner
+            .authenticate(
+                &mut stream,
+                target.username.as_deref(),
+                target.password.as_deref(),
+                target.db,
+            )
+            .await?;
         // `into_std` deregisters the socket from the runtime and leaves it non-blocking.
-        stream.into_std().map_err(unavailable)
+        stream.into_std().map_err(|e| self.inner.unavailable(&e))
     }
 
     /// Carries `command` as `call` (gated and timed by [`L2::begin`]) and ends it.
@@ -222,19 +76,16 @@ impl L2 {
         }
         let mut used = None;
         let attempt = async {
-            let (generation, mut conn) = self
-                .inner
-                .connection()
-                .await
-                .map_err(|e| self.inner.failure(&e))?;
+            let (generation, conn) = self.inner.connection().await?;
             used = Some(generation);
-            let mut cmd = Cmd::new();
-            for arg in command.args() {
-                cmd.arg(arg);
-            }
-            match conn.req_packed_command(&cmd).await {
-                Ok(value) => Ok(reply_of(value)),
-                Err(e) => self.inner.translate(&e),
+            match conn {
+                Conn::Own(pipe) => {
+                    let mut out = Vec::new();
+                    command.encode(&mut out);
+                    pipe.request(out).await
+                }
+                Conn::Single(mut c) => self.inner.through_library(&mut c, command).await,
+                Conn::Cluster(mut c) => self.inner.through_library(&mut c, command).await,
             }
         };
         let got = match tokio::time::timeout_at(call.deadline(), attempt).await {
@@ -294,6 +145,93 @@ fn reply_of(value: Value) -> Reply {
 }
 
 impl Inner {
+    /// `command` through one of redis-rs' clients.
+    async fn through_library<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        command: &Command<'_>,
+    ) -> std::result::Result<Reply, Failure> {
+        let mut cmd = Cmd::new();
+        for arg in command.args() {
+            cmd.arg(arg);
+        }
+        match conn.req_packed_command(&cmd).await {
+            Ok(value) => Ok(reply_of(value)),
+            Err(e) => self.translate(&e),
+        }
+    }
+
+    /// An I/O error while connecting, as [`Error::Unavailable`] (credentials scrubbed).
+    fn unavailable(&self, e: &std::io::Error) -> Error {
+        Error::Unavailable(scrub(&format!("{}: {e}", self.targets), &self.secrets))
+    }
+
+    /// `AUTH` and `SELECT` on a new connection, before any request: an error reply is
+    /// [`Error::Redis`] (wrong password), anything else unexpected [`Error::Unavailable`].
+    async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        username: Option<&str>,
+        password: Option<&str>,
+        db: i64,
+    ) -> Result<()> {
+        let mut out = Vec::new();
+        let mut expected = 0;
+        match (username, password) {
+            (Some(user), Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", user.as_bytes(), pass.as_bytes()]);
+                expected += 1;
+            }
+            (None, Some(pass)) => {
+                resp::encode_command(&mut out, &[b"AUTH", pass.as_bytes()]);
+                expected += 1;
+            }
+            _ => {}
+        }
+        if db != 0 {
+            resp::encode_command(&mut out, &[b"SELECT", db.to_string().as_bytes()]);
+            expected += 1;
+        }
+        if expected == 0 {
+            return Ok(());
+        }
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        stream.flush().await.map_err(|e| self.unavailable(&e))?;
+        let mut reader = resp::Reader::new();
+        let mut chunk = [0u8; 512];
+        while expected > 0 {
+            match reader.next_reply() {
+                Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
+                Ok(Some(resp::Reply::Error(e))) => {
+                    return Err(Error::Redis(scrub(&e, &self.secrets)));
+                }
+                Ok(Some(_)) | Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "{}: unexpected reply during the handshake",
+                        self.targets
+                    )));
+                }
+                Ok(None) => {
+                    let n = stream
+                        .read(&mut chunk)
+                        .await
+                        .map_err(|e| self.unavailable(&e))?;
+                    if n == 0 {
+                        return Err(Error::Unavailable(format!(
+                            "{}: connection closed during the handshake",
+                            self.targets
+                        )));
+                    }
+                    reader.feed(&chunk[..n]);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// How long making a connection may take, `AUTH` and `SELECT` (or a cluster's slot map,
     /// after trying several seeds) included: `connect_timeout + op_timeout`.
     pub(super) fn connect_deadline(&self) -> std::time::Duration {
@@ -331,7 +269,7 @@ impl Inner {
     }
 
     /// The connection, made on first use (see the module docs).
-    async fn connection(self: &Arc<Self>) -> RedisResult<(u64, Conn)> {
+    async fn connection(self: &Arc<Self>) -> std::result::Result<(u64, Conn), Failure> {
         let (generation, mut rx) = {
             let mut slot = self.slot.lock();
             match &*slot {
@@ -339,11 +277,8 @@ impl Inner {
                 Slot::Connecting { generation, rx } => (*generation, rx.clone()),
                 Slot::Empty => {
                     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                        // `call` checks first; kept so this never panics.
-                        return Err(RedisError::from((
-                            ErrorKind::InvalidClientConfig,
-                            "used outside a tokio runtime",
-                        )));
+                        // `carry` checks first; kept so this never panics.
+                        return Err(Failure::Broken("used outside a tokio runtime".to_owned()));
                     };
                     let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                     let (tx, rx) = watch::channel(None);
@@ -362,10 +297,9 @@ impl Inner {
         };
         match outcome {
             Some(result) => result.map(|conn| (generation, conn)),
-            None => Err(RedisError::from((
-                ErrorKind::Io,
-                "the connection attempt was abandoned",
-            ))),
+            None => Err(Failure::Broken(
+                "the connection attempt was abandoned".to_owned(),
+            )),
         }
     }
 
@@ -389,10 +323,7 @@ impl Inner {
         let mut guard = Abandoned(&self, generation, true);
         let result = match tokio::time::timeout(self.connect_deadline(), self.open()).await {
             Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))),
+            Err(_elapsed) => Err(Failure::Timeout),
         };
         {
             let mut slot = self.slot.lock();
@@ -411,22 +342,31 @@ impl Inner {
         tx.send_replace(Some(result));
     }
 
-    async fn open(&self) -> RedisResult<Conn> {
+    async fn open(&self) -> std::result::Result<Conn, Failure> {
         match &self.backend {
             Backend::Single(client) => {
                 let info = client.get_connection_info();
-                match info.addr() {
-                    redis::ConnectionAddr::Tcp(host, port) => {
-                        return self.open_plain(host, *port, info.redis_settings()).await;
+                let settings = info.redis_settings();
+                if settings.protocol() == redis::ProtocolVersion::RESP2 {
+                    match info.addr() {
+                        redis::ConnectionAddr::Tcp(host, port) => {
+                            let stream = connect_tcp(host, *port)
+                                .await
+                                .map_err(|e| self.io_failure(&e))?;
+                            return self.open_own(stream, settings).await;
+                        }
+                        // `#insecure` URLs (no certificate check) keep redis-rs' own TLS setup.
+                        redis::ConnectionAddr::TcpTls {
+                            host,
+                            port,
+                            insecure: false,
+                            ..
+                        } => {
+                            let stream = self.connect_tls(host, *port).await?;
+                            return self.open_own(stream, settings).await;
+                        }
+                        _ => {}
                     }
-                    // `#insecure` URLs (no certificate check) keep redis-rs' own TLS setup.
-                    redis::ConnectionAddr::TcpTls {
-                        host,
-                        port,
-                        insecure: false,
-                        ..
-                    } => return self.open_tls(host, *port, info.redis_settings()).await,
-                    _ => {}
                 }
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
@@ -437,34 +377,50 @@ impl Inner {
                 ConnectionManager::new_with_config(client.as_ref().clone(), config)
                     .await
                     .map(Conn::Single)
+                    .map_err(|e| self.failure(&e))
             }
-            Backend::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Backend::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Conn::Cluster)
+                .map_err(|e| self.failure(&e)),
         }
     }
 
-    /// A connection to a single server over plain TCP whose replies pass a [`resp::FrameGuard`]
-    /// (redis-rs buffers a reply whole before it parses it; nothing bounds that but this).
-    /// Reconnecting is ours (see [`Inner::forget`]), so no connection manager is needed.
-    async fn open_plain(
+    /// Our own connection ([`Pipe`]) over `stream`, once authenticated: its replies are read
+    /// by the core's RESP reader, bounded by the largest envelope this cache writes (redis-rs
+    /// would buffer a reply whole before parsing it). Reconnecting is ours (see
+    /// [`Inner::forget`]).
+    async fn open_own<S>(
         &self,
-        host: &str,
-        port: u16,
+        mut stream: S,
         settings: &redis::RedisConnectionInfo,
-    ) -> RedisResult<Conn> {
-        self.open_guarded(connect_tcp(host, port).await?, settings)
-            .await
+    ) -> std::result::Result<Conn, Failure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.authenticate(
+            &mut stream,
+            settings.username(),
+            settings.password(),
+            settings.db(),
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Unavailable(m) | Error::Redis(m) => Failure::Broken(m),
+            other => Failure::Broken(other.to_string()),
+        })?;
+        Ok(Conn::Own(Pipe::start(stream, self.max_reply_bytes)))
     }
 
-    /// [`Inner::open_plain`] over TLS (`rediss://`): rustls with the web PKI roots, or the
-    /// configured CA (`redisCaFile`), as redis-rs would set it up, but with the guard in front
-    /// of the client library's reader.
-    async fn open_tls(
+    /// A TLS connection (`rediss://`): rustls with the web PKI roots, or the configured CA
+    /// (`redisCaFile`), as redis-rs would set it up.
+    async fn connect_tls(
         &self,
         host: &str,
         port: u16,
-        settings: &redis::RedisConnectionInfo,
-    ) -> RedisResult<Conn> {
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    ) -> std::result::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Failure> {
+        let invalid = |e: String| Failure::Broken(format!("TLS: {e}"));
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_pem {
             Some(pem) => {
@@ -486,34 +442,18 @@ impl Inner {
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(host.to_owned())
             .map_err(|e| invalid(format!("{host}: {e}")))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, connect_tcp(host, port).await?)
-            .await?;
-        self.open_guarded(tls, settings).await
+        let tcp = connect_tcp(host, port)
+            .await
+            .map_err(|e| self.io_failure(&e))?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.io_failure(&e))
     }
 
-    /// A multiplexed redis-rs connection over `stream`, read through a [`resp::FrameGuard`].
-    async fn open_guarded<S>(
-        &self,
-        stream: S,
-        settings: &redis::RedisConnectionInfo,
-    ) -> RedisResult<Conn>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let guarded = Guarded {
-            inner: stream,
-            guard: resp::FrameGuard::new(self.max_reply_bytes),
-        };
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.op_timeout));
-        let (conn, driver) =
-            MultiplexedConnection::new_with_config(settings, guarded, config).await?;
-        let driver = Arc::new(AbortOnDrop(tokio::spawn(driver)));
-        Ok(Conn::Plain {
-            conn,
-            _driver: driver,
-        })
+    /// An I/O error while connecting, as a [`Failure`] (credentials scrubbed).
+    fn io_failure(&self, e: &std::io::Error) -> Failure {
+        Failure::Broken(scrub(&format!("{}: {e}", self.targets), &self.secrets))
     }
 
     /// Drops connection `generation` after it failed, so the next call connects anew.
