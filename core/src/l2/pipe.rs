@@ -188,20 +188,22 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    type Pending = tokio::task::JoinHandle<std::result::Result<Reply, Failure>>;
+
+    /// Sends `command` on `pipe` from a task of its own.
+    fn send(pipe: &Pipe, command: &'static [u8]) -> Pending {
+        let pipe = pipe.clone();
+        tokio::spawn(async move { pipe.request(command.to_vec()).await })
+    }
+
     #[tokio::test]
     async fn replies_are_matched_in_order_and_a_stray_one_ends_the_connection() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let pipe = Pipe::start(client, 1024);
-        let a = tokio::spawn({
-            let p = pipe.clone();
-            async move { p.request(b"*1\r\n$1\r\na\r\n".to_vec()).await }
-        });
+        let a = send(&pipe, b"*1\r\n$1\r\na\r\n");
         let mut got = vec![0u8; 11];
         server.read_exact(&mut got).await.unwrap();
-        let b = tokio::spawn({
-            let p = pipe.clone();
-            async move { p.request(b"*1\r\n$1\r\nb\r\n".to_vec()).await }
-        });
+        let b = send(&pipe, b"*1\r\n$1\r\nb\r\n");
         server.read_exact(&mut got).await.unwrap();
         // Both answers in one write, in order.
         server.write_all(b"$1\r\nA\r\n:2\r\n").await.unwrap();
@@ -211,10 +213,7 @@ mod tests {
         );
         assert_eq!(b.await.unwrap().unwrap(), Reply::Int(2));
         // A reply nobody asked for: the connection ends, this request and later ones fail.
-        let c = tokio::spawn({
-            let p = pipe.clone();
-            async move { p.request(b"*1\r\n$1\r\nc\r\n".to_vec()).await }
-        });
+        let c = send(&pipe, b"*1\r\n$1\r\nc\r\n");
         server.read_exact(&mut got).await.unwrap();
         server.write_all(b"+OK\r\n+EXTRA\r\n").await.unwrap();
         assert_eq!(c.await.unwrap().unwrap(), Reply::Simple("OK".into()));
@@ -226,10 +225,7 @@ mod tests {
     async fn a_reply_over_the_bound_ends_the_connection_before_it_is_buffered() {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let pipe = Pipe::start(client, 1024);
-        let r = tokio::spawn({
-            let p = pipe.clone();
-            async move { p.request(b"*1\r\n$1\r\nx\r\n".to_vec()).await }
-        });
+        let r = send(&pipe, b"*1\r\n$1\r\nx\r\n");
         let mut got = vec![0u8; 11];
         server.read_exact(&mut got).await.unwrap();
         server.write_all(b"$524288000\r\n").await.unwrap();
