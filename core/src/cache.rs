@@ -103,7 +103,7 @@ pub enum L2Write {
 
 /// Counters of the L2 side.
 #[derive(Debug, Default)]
-pub struct L2Metrics {
+struct L2Metrics {
     /// L2 reads whose entry was used (newer than any L1 copy, well-formed, not expired).
     pub hits: AtomicU64,
     /// L2 reads that found nothing.
@@ -183,7 +183,6 @@ struct Remote {
     replay_gate: tokio::sync::Mutex<()>,
     compression: Compression,
     max_value: usize,
-    max_ttl: Duration,
     strict: bool,
     /// The tag state is known to be current (last refresh succeeded, nothing queued).
     verified: AtomicBool,
@@ -226,7 +225,6 @@ impl Cache {
                 ))
             }
             (Some(_), Some(namespace)) => {
-                let max_ttl = Duration::from_secs(config.max_ttl_seconds);
                 let max_value = usize::try_from(config.l2_max_value_bytes).unwrap_or(usize::MAX);
                 let l2 = L2::with_clock(L2Config::from_config(config, namespace)?, clock)?;
                 Some(Remote {
@@ -243,7 +241,6 @@ impl Cache {
                             .unwrap_or(usize::MAX),
                     },
                     max_value,
-                    max_ttl,
                     strict: config.strict,
                     verified: AtomicBool::new(false),
                     clock_synced: AtomicBool::new(false),
@@ -268,11 +265,6 @@ impl Cache {
     /// The L2, when configured.
     pub fn l2(&self) -> Option<&L2> {
         self.remote.as_ref().map(|r| &r.l2)
-    }
-
-    /// L2 counters, when configured.
-    pub fn l2_metrics(&self) -> Option<&L2Metrics> {
-        self.remote.as_ref().map(|r| &r.metrics)
     }
 
     /// `stats().l2`, when configured.
@@ -560,7 +552,9 @@ impl Cache {
     /// the [`SetReport`] and leaves the entry L1-only.
     pub async fn set(&self, key: &str, value: Bytes, meta: EntryMeta) -> Result<SetReport> {
         self.ensure_clock().await;
-        match self.plan_set(key, value, meta, 0)? {
+        // Room for the command's head, so our own connection sends the envelope where it lies.
+        let headroom = self.remote.as_ref().map_or(0, |r| r.l2.set_headroom(key));
+        match self.plan_set(key, value, meta, headroom)? {
             SetPlan::Done(report) => Ok(report),
             SetPlan::Write {
                 l1,
@@ -569,11 +563,12 @@ impl Cache {
                 at,
                 ttl,
             } => {
-                let Some(r) = &self.remote else {
-                    return Ok(self.finish_set(l1, Err(Error::Internal("no L2".into()))));
+                let reply = match &self.remote {
+                    Some(r) => r.l2.carry_set(call, key, envelope, at, ttl).await,
+                    // `plan_set` plans a write only with an L2.
+                    None => Err(Error::Internal("no L2".into())),
                 };
-                let command = r.l2.set_command(key, &envelope[at..], ttl);
-                Ok(self.finish_set(l1, r.l2.carry(call, &command).await))
+                Ok(self.finish_set(l1, reply))
             }
         }
     }
@@ -650,8 +645,8 @@ impl Cache {
             return too_large();
         }
         let remaining_ms = meta.expires_at_ms() - self.store.clock().local_ms();
-        let ttl =
-            crate::clock::duration_from_secs((remaining_ms / 1000.0).max(0.001)).min(r.max_ttl);
+        // `L2::ttl_ms` clamps it to [1 ms, maxTtlSeconds] where the command is written.
+        let ttl = crate::clock::duration_from_secs(remaining_ms / 1000.0);
         match r.l2.begin("set_entry") {
             Ok(call) => Ok(SetPlan::Write {
                 l1,
@@ -828,7 +823,7 @@ impl Cache {
         let Some(r) = &self.remote else {
             return Ok(None);
         };
-        let more = self.apply_refresh(reply.and_then(L2::judge_refresh)?);
+        let more = self.apply_refresh(reply.and_then(crate::l2::parse_refresh)?);
         if !more {
             return Ok(None);
         }
@@ -1019,22 +1014,22 @@ mod tests {
     fn garbage_foreign_and_other_kinds_are_counted_misses() {
         let clock = ManualClock::new(T0);
         let c = cache(&clock, 1 << 20);
-        let m = c.l2_metrics().unwrap();
+        let m = || c.l2_stats().unwrap();
         let mut garbage = MAGIC.to_vec();
         garbage.extend_from_slice(&[1, 0, 0, 0xff]);
         assert!(
             value(c.finish_remote("k", &[] as &[&str], Ok(Some(Bytes::from(garbage))))).is_none()
         );
-        assert_eq!(Metrics::read(&m.decode_errors), 1);
+        assert_eq!(m().decode_errors, 1);
         // Another key's envelope (a hash collision, or a misrouted reply): never its bytes.
         let other = envelope(&c, "other", b"not-yours", meta(900.0));
         assert!(value(c.finish_remote("k", &[] as &[&str], Ok(Some(other)))).is_none());
-        assert_eq!(Metrics::read(&m.foreign), 1);
+        assert_eq!(m().foreign, 1);
         // The same key string stored by the other handler is another entry.
         let incremental = format!("{INCREMENTAL_KEY_PREFIX}k");
         let inc = envelope(&c, &incremental, b"page", meta(900.0));
         assert!(value(c.finish_remote("k", &[] as &[&str], Ok(Some(inc.clone())))).is_none());
-        assert_eq!(Metrics::read(&m.foreign), 2);
+        assert_eq!(m().foreign, 2);
         assert_eq!(
             value(c.finish_remote(&incremental, &[] as &[&str], Ok(Some(inc)))).as_deref(),
             Some(&b"page"[..])
@@ -1046,7 +1041,7 @@ mod tests {
             Err(Error::Unavailable("down".into()))
         ))
         .is_none());
-        assert_eq!(Metrics::read(&m.errors), 1);
+        assert_eq!(m().errors, 1);
     }
 
     #[test]
@@ -1117,7 +1112,7 @@ mod tests {
     fn out_of_range_fields_from_redis_are_decode_errors_not_panics() {
         let clock = ManualClock::new(T0);
         let c = cache(&clock, 1 << 20);
-        let m = c.l2_metrics().unwrap();
+        let m = || c.l2_stats().unwrap();
         for (field, v) in [
             ("expire", 1e300),
             ("server_ts", 1e300),
@@ -1151,6 +1146,6 @@ mod tests {
                 "{field}"
             );
         }
-        assert_eq!(Metrics::read(&m.decode_errors), 3);
+        assert_eq!(m().decode_errors, 3);
     }
 }

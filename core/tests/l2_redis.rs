@@ -456,7 +456,7 @@ async fn update_tags_is_stamped_by_redis_and_follows_the_rules() {
         .await
         .unwrap();
     assert_eq!(score, now2 + 60_500.0);
-    assert_eq!(zcard(&mut c, &l2.keys().tag_index()).await, 3);
+    assert_eq!(zcard(&mut c, l2.keys().tag_index()).await, 3);
 
     // Infinity ("never") is stored as a finite far-future stamp; NaN is refused.
     let u4 = l2
@@ -683,20 +683,20 @@ async fn pruning_bounds_the_tag_state() {
     }
     let mut peak = 0;
     while tasks.iter().any(|t| !t.is_finished()) {
-        peak = peak.max(hlen(&mut c, &state).await);
+        peak = peak.max(hlen(&mut c, state).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for t in tasks {
         t.await.unwrap();
     }
     let elapsed = started.elapsed();
-    let (h, z) = (hlen(&mut c, &state).await, zcard(&mut c, &idx).await);
+    let (h, z) = (hlen(&mut c, state).await, zcard(&mut c, idx).await);
     eprintln!("pruning: {TOTAL} updates in {elapsed:?}; HLEN {h}, ZCARD {z}, peak {peak}");
     assert!(h <= 2_000, "tag state not bounded: HLEN {h}");
     assert!(peak <= 2_000, "tag state not bounded: peak HLEN {peak}");
     assert_eq!(h, z, "state and index out of step");
     let future: Option<String> = redis::cmd("HGET")
-        .arg(&state)
+        .arg(state)
         .arg("future")
         .query_async(&mut c)
         .await

@@ -6,15 +6,23 @@ use crate::envelope::Kind;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     namespace: String,
-    tags_prefix: String,
+    // Made once: every refresh and invalidation names them.
+    tag_state: String,
+    tag_index: String,
+    tag_log: String,
+    epoch: String,
 }
 
 impl Keys {
     /// The keys of `namespace` (not validated here; [`L2::new`](super::L2::new) does).
     pub fn new(namespace: &str) -> Self {
+        let tag = |name: &str| format!("{{sc:{namespace}:tags}}:{name}");
         Keys {
             namespace: namespace.to_owned(),
-            tags_prefix: format!("{{sc:{namespace}:tags}}:"),
+            tag_state: tag("state"),
+            tag_index: tag("idx"),
+            tag_log: tag("log"),
+            epoch: tag("epoch"),
         }
     }
 
@@ -36,23 +44,23 @@ impl Keys {
     }
 
     /// The tag state HASH (tag → `"stale|expired|updated_at"`).
-    pub fn tag_state(&self) -> String {
-        format!("{}state", self.tags_prefix)
+    pub fn tag_state(&self) -> &str {
+        &self.tag_state
     }
 
     /// The pruning index ZSET (tag → last time the record can matter, ms).
-    pub fn tag_index(&self) -> String {
-        format!("{}idx", self.tags_prefix)
+    pub fn tag_index(&self) -> &str {
+        &self.tag_index
     }
 
     /// The invalidation log STREAM.
-    pub fn tag_log(&self) -> String {
-        format!("{}log", self.tags_prefix)
+    pub fn tag_log(&self) -> &str {
+        &self.tag_log
     }
 
     /// The epoch STRING (identity of the tag state).
-    pub fn epoch(&self) -> String {
-        format!("{}epoch", self.tags_prefix)
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 }
 

@@ -72,7 +72,8 @@ use crate::tags::{Durations, TagState};
 
 pub use keys::Keys;
 use protocol::{judge_get, judge_set, unexpected, Command, Failure};
-use scripts::{parse_ms, parse_refresh, parse_state, strings, REFRESH, TIME, UPDATE_TAGS};
+pub(crate) use scripts::parse_refresh;
+use scripts::{parse_ms, parse_state, strings, REFRESH, TIME, UPDATE_TAGS};
 use transport::{scrub, secrets_of, Slot};
 
 /// Log entries read per `refresh` round trip; [`Refresh::Incremental::more`] says when to call
@@ -454,8 +455,7 @@ impl L2 {
         let (got, stream) =
             match tokio::time::timeout_at(call.deadline(), self.handshake(target)).await {
                 Ok(Ok(stream)) => (Ok(resp::Reply::Nil), Some(stream)),
-                Ok(Err(Error::Redis(message))) => (Ok(resp::Reply::Error(message)), None),
-                Ok(Err(e)) => (Err(Failure::Broken(e.to_string())), None),
+                Ok(Err(failure)) => (Err(failure), None),
                 Err(_elapsed) => (Err(Failure::Timeout), None),
             };
         let ended = call.end(got);
@@ -657,23 +657,18 @@ impl L2 {
     }
 
     /// The read of the invalidation log from `cursor` ([`L2::refresh`]); its reply goes to
-    /// [`L2::judge_refresh`].
-    pub fn refresh_command(&self, cursor: &LogCursor) -> Command<'static> {
+    /// [`parse_refresh`].
+    pub fn refresh_command<'a>(&'a self, cursor: &'a LogCursor) -> Command<'a> {
         let keys = &self.inner.keys;
         Command::script(
             &REFRESH,
             &[keys.tag_state(), keys.tag_log(), keys.epoch()],
             vec![
-                Cow::Owned(cursor.epoch.clone().into_bytes()),
-                Cow::Owned(cursor.last_id.clone().into_bytes()),
+                Cow::Borrowed(cursor.epoch.as_bytes()),
+                Cow::Borrowed(cursor.last_id.as_bytes()),
                 Cow::Owned(REFRESH_BATCH.to_string().into_bytes()),
             ],
         )
-    }
-
-    /// What the reply to [`L2::refresh_command`] says.
-    pub fn judge_refresh(reply: resp::Reply) -> Result<Refresh> {
-        parse_refresh(reply)
     }
 
     /// The reading with the shortest round trip of `samples` [`L2::server_time`] calls (it

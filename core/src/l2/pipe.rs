@@ -23,6 +23,14 @@ use crate::resp::{Reader, Reply};
 
 type Answer = oneshot::Sender<std::result::Result<Reply, Failure>>;
 
+/// A request: `bytes[from..]` is the command (what comes before may be spare room, see
+/// [`Pipe::request`]), and where its reply goes.
+struct Job {
+    bytes: Vec<u8>,
+    from: usize,
+    answer: Answer,
+}
+
 /// Writes larger than this are not joined with the requests queued behind them.
 const BATCH_MAX: usize = 1 << 20;
 
@@ -30,7 +38,7 @@ const BATCH_MAX: usize = 1 << 20;
 /// closes or misbehaves, and are aborted when the last clone goes.
 #[derive(Clone)]
 pub(super) struct Pipe {
-    requests: mpsc::UnboundedSender<(Vec<u8>, Answer)>,
+    requests: mpsc::UnboundedSender<Job>,
     _tasks: Arc<Tasks>,
 }
 
@@ -96,52 +104,66 @@ impl Pipe {
         }
     }
 
-    /// Sends `bytes` (one command in RESP) and waits for its reply.
-    pub(super) async fn request(&self, bytes: Vec<u8>) -> std::result::Result<Reply, Failure> {
+    /// Sends `bytes[from..]` (one command in RESP) and waits for its reply. The buffer is
+    /// written as it is when nothing is queued before it: a command framed in place around a
+    /// large value ([`super::L2::frame_set`]) is not copied again.
+    pub(super) async fn request(
+        &self,
+        bytes: Vec<u8>,
+        from: usize,
+    ) -> std::result::Result<Reply, Failure> {
         let (answer, reply) = oneshot::channel();
         let closed = || Failure::Broken("connection closed".to_owned());
-        self.requests.send((bytes, answer)).map_err(|_| closed())?;
+        let job = Job {
+            bytes,
+            from,
+            answer,
+        };
+        self.requests.send(job).map_err(|_| closed())?;
         reply.await.unwrap_or_else(|_| Err(closed()))
     }
 }
 
 /// The writer task: takes requests in order, queues their answers, writes their bytes (those
-/// that arrive meanwhile in the same write).
+/// that arrive meanwhile in the same write, appended to the first one's buffer).
 async fn write_requests<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Answer)>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
     in_flight: Arc<InFlight>,
 ) {
-    let mut out: Vec<u8> = Vec::new();
     while let Some(first) = rx.recv().await {
+        let mut out: Option<(Vec<u8>, usize)> = None;
         let mut next = Some(first);
-        while let Some((bytes, answer)) = next.take() {
+        while let Some(Job {
+            bytes,
+            from,
+            answer,
+        }) = next.take()
+        {
             match in_flight.push(answer) {
-                Ok(()) if out.is_empty() => out = bytes,
-                Ok(()) => out.extend_from_slice(&bytes),
+                Ok(()) => match &mut out {
+                    None => out = Some((bytes, from)),
+                    Some((buf, _)) => buf.extend_from_slice(&bytes[from..]),
+                },
                 Err(answer) => {
                     let _ = answer.send(Err(Failure::Broken("connection closed".to_owned())));
                 }
             }
-            if out.len() < BATCH_MAX {
+            if out
+                .as_ref()
+                .is_none_or(|(buf, at)| buf.len() - at < BATCH_MAX)
+            {
                 next = rx.try_recv().ok();
             }
         }
-        if out.is_empty() {
-            continue;
-        }
+        let Some((buf, at)) = out else { continue };
         let written = async {
-            wr.write_all(&out).await?;
+            wr.write_all(&buf[at..]).await?;
             wr.flush().await
         };
         if let Err(e) = written.await {
             in_flight.end(&format!("write: {e}"));
             return;
-        }
-        out.clear();
-        if out.capacity() > BATCH_MAX {
-            // After a large value: do not keep its size of buffer for good.
-            out = Vec::new();
         }
     }
 }
@@ -193,7 +215,7 @@ mod tests {
     /// Sends `command` on `pipe` from a task of its own.
     fn send(pipe: &Pipe, command: &'static [u8]) -> Pending {
         let pipe = pipe.clone();
-        tokio::spawn(async move { pipe.request(command.to_vec()).await })
+        tokio::spawn(async move { pipe.request(command.to_vec(), 0).await })
     }
 
     #[tokio::test]
@@ -217,7 +239,7 @@ mod tests {
         server.read_exact(&mut got).await.unwrap();
         server.write_all(b"+OK\r\n+EXTRA\r\n").await.unwrap();
         assert_eq!(c.await.unwrap().unwrap(), Reply::Simple("OK".into()));
-        let late = pipe.request(b"*1\r\n$1\r\nd\r\n".to_vec()).await;
+        let late = pipe.request(b"*1\r\n$1\r\nd\r\n".to_vec(), 0).await;
         assert!(matches!(late, Err(Failure::Broken(_))), "{late:?}");
     }
 
@@ -234,8 +256,39 @@ mod tests {
             matches!(e, Failure::Broken(ref m) if m.contains("protocol")),
             "{e:?}"
         );
-        // The server closing ends it too (here: already ended).
+    }
+
+    #[tokio::test]
+    async fn the_server_closing_fails_what_waits_and_what_comes_after() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let pipe = Pipe::start(client, 1024);
+        let r = send(&pipe, b"*1\r\n$1\r\nx\r\n");
+        let mut got = vec![0u8; 11];
+        server.read_exact(&mut got).await.unwrap();
         drop(server);
-        assert!(pipe.request(b"*1\r\n$1\r\ny\r\n".to_vec()).await.is_err());
+        let e = r.await.unwrap().unwrap_err();
+        assert!(
+            matches!(e, Failure::Broken(ref m) if m.contains("closed")),
+            "{e:?}"
+        );
+        let later = pipe.request(b"*1\r\n$1\r\ny\r\n".to_vec(), 0).await;
+        assert!(matches!(later, Err(Failure::Broken(_))), "{later:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_written_from_its_offset() {
+        let (client, mut server) = tokio::io::duplex(1 << 16);
+        let pipe = Pipe::start(client, 1024);
+        let mut framed = b"spare room".to_vec();
+        framed.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let r = {
+            let pipe = pipe.clone();
+            tokio::spawn(async move { pipe.request(framed, 10).await })
+        };
+        let mut got = vec![0u8; 14];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"*1\r\n$4\r\nPING\r\n");
+        server.write_all(b"+PONG\r\n").await.unwrap();
+        assert_eq!(r.await.unwrap().unwrap(), Reply::Simple("PONG".into()));
     }
 }

@@ -56,12 +56,12 @@ impl<'a> Command<'a> {
     }
 
     /// `EVALSHA <sha> <keys.len()> <keys…> <args…>` of `script`.
-    pub fn script(script: &'static Script, keys: &[String], args: Vec<Cow<'a, [u8]>>) -> Self {
+    pub fn script(script: &'static Script, keys: &[&'a str], args: Vec<Cow<'a, [u8]>>) -> Self {
         let mut all: Vec<Cow<'a, [u8]>> = Vec::with_capacity(3 + keys.len() + args.len());
         all.push(Cow::Borrowed(b"EVALSHA"));
         all.push(Cow::Borrowed(script.sha.as_bytes()));
         all.push(Cow::Owned(keys.len().to_string().into_bytes()));
-        all.extend(keys.iter().map(|k| Cow::Owned(k.clone().into_bytes())));
+        all.extend(keys.iter().map(|k| Cow::Borrowed(k.as_bytes())));
         all.extend(args);
         Command {
             args: all,
@@ -80,6 +80,18 @@ impl<'a> Command<'a> {
             .first()
             .and_then(|a| std::str::from_utf8(a).ok())
             .unwrap_or("?")
+    }
+
+    /// How many bytes [`Command::encode`] appends.
+    pub fn encoded_len(&self) -> usize {
+        // `*<n>\r\n`, then `$<len>\r\n<arg>\r\n` per argument (lengths ≤ 20 digits).
+        let head = |n: usize| 3 + n.checked_ilog10().unwrap_or(0) as usize + 1;
+        head(self.args.len())
+            + self
+                .args
+                .iter()
+                .map(|a| head(a.len()) + a.len() + 2)
+                .sum::<usize>()
     }
 
     /// Appends the command in RESP to `out` (what a transport that writes bytes sends).
@@ -363,7 +375,7 @@ mod tests {
             source: "return 1",
             sha: "e0e1f9fabfc9d4800c877a703b823ac0578ff8db".into(),
         });
-        let cmd = Command::script(&S, &["k".into()], vec![Cow::Borrowed(b"a")]);
+        let cmd = Command::script(&S, &["k"], vec![Cow::Borrowed(b"a")]);
         let args: Vec<&[u8]> = cmd.args().collect();
         assert_eq!(
             args,
@@ -376,6 +388,11 @@ mod tests {
             out,
             b"*5\r\n$4\r\nEVAL\r\n$8\r\nreturn 1\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\na\r\n"
         );
+        assert_eq!(eval.encoded_len(), out.len());
+        let mut big = Vec::new();
+        let long = Command::new(vec![Cow::Borrowed(b"SET"), Cow::Owned(vec![7; 12_345])]);
+        long.encode(&mut big);
+        assert_eq!(long.encoded_len(), big.len());
         assert!(eval.as_eval().is_none());
         assert!(Command::new(vec![Cow::Borrowed(b"GET")])
             .as_eval()

@@ -31,21 +31,20 @@ pub(super) fn all() -> [&'static Script; 3] {
 }
 
 /// The reply of `lua/refresh.lua`.
-pub(super) fn parse_refresh(reply: Reply) -> Result<Refresh> {
+pub(crate) fn parse_refresh(reply: Reply) -> Result<Refresh> {
     let mut items = strings(reply, "refresh")?.into_iter();
     let (Some(kind), Some(epoch), Some(last_id), Some(flag)) =
         (items.next(), items.next(), items.next(), items.next())
     else {
         return Err(Error::Redis("refresh: short reply".to_owned()));
     };
-    let rest: Vec<String> = items.collect();
-    let fields = rest.chunks_exact(2);
-    if !fields.remainder().is_empty() {
-        return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+    let mut pairs = Vec::with_capacity(items.len() / 2);
+    while let Some(tag) = items.next() {
+        let Some(state) = items.next() else {
+            return Err(Error::Redis("refresh: odd number of tag fields".to_owned()));
+        };
+        pairs.push((tag, parse_state(&state)?));
     }
-    let pairs = fields
-        .map(|pair| Ok((pair[0].clone(), parse_state(&pair[1])?)))
-        .collect::<Result<Vec<_>>>()?;
     let cursor = if epoch.is_empty() {
         LogCursor::default()
     } else {
@@ -77,7 +76,8 @@ pub(super) fn strings(v: Reply, what: &str) -> Result<Vec<String>> {
     items
         .into_iter()
         .map(|item| match item {
-            Reply::Bulk(b) => String::from_utf8(b.to_vec())
+            // A reply's own buffer when it holds just this string (no copy).
+            Reply::Bulk(b) => String::from_utf8(Vec::from(b))
                 .map_err(|_| Error::Redis(format!("{what}: reply is not UTF-8"))),
             Reply::Simple(s) => Ok(s),
             Reply::Int(i) => Ok(i.to_string()),

@@ -22,6 +22,17 @@ use super::{Backend, DirectTarget, Inner, L2};
 use crate::error::{Error, Result};
 use crate::resp::{self, Reply};
 
+/// What one call sends: a command, or the `SET` of an envelope that may be framed in place.
+enum Payload<'a> {
+    Command(&'a Command<'a>),
+    Set {
+        key: &'a str,
+        envelope: Vec<u8>,
+        at: usize,
+        ttl: std::time::Duration,
+    },
+}
+
 /// A connection to a single server or a cluster; cheap to clone (all are handles).
 #[derive(Clone)]
 pub(super) enum Conn {
@@ -50,10 +61,13 @@ pub(super) enum Slot {
 
 impl L2 {
     /// The connect, `AUTH` and `SELECT` of [`L2::open_direct`], within no deadline of its own.
-    pub(super) async fn handshake(&self, target: &DirectTarget) -> Result<std::net::TcpStream> {
+    pub(super) async fn handshake(
+        &self,
+        target: &DirectTarget,
+    ) -> std::result::Result<std::net::TcpStream, Failure> {
         let mut stream = connect_tcp(&target.host, target.port)
             .await
-            .map_err(|e| self.inner.unavailable(&e))?;
+            .map_err(|e| self.inner.io_failure(&e))?;
         self.inner
             .authenticate(
                 &mut stream,
@@ -63,11 +77,37 @@ impl L2 {
             )
             .await?;
         // `into_std` deregisters the socket from the runtime and leaves it non-blocking.
-        stream.into_std().map_err(|e| self.inner.unavailable(&e))
+        stream.into_std().map_err(|e| self.inner.io_failure(&e))
     }
 
     /// Carries `command` as `call` (gated and timed by [`L2::begin`]) and ends it.
     pub(crate) async fn carry(&self, call: Call, command: &Command<'_>) -> Result<Reply> {
+        self.carry_payload(call, Payload::Command(command)).await
+    }
+
+    /// [`L2::carry`] of the `SET` of `envelope[at..]`, which [`Cache::plan_set`] encoded after
+    /// [`L2::set_headroom`] bytes: on our own connection the command is framed around the
+    /// envelope where it lies ([`L2::frame_set`]), so a large value is not copied again.
+    ///
+    /// [`Cache::plan_set`]: crate::cache::Cache::plan_set
+    pub(crate) async fn carry_set(
+        &self,
+        call: Call,
+        key: &str,
+        envelope: Vec<u8>,
+        at: usize,
+        ttl: std::time::Duration,
+    ) -> Result<Reply> {
+        let set = Payload::Set {
+            key,
+            envelope,
+            at,
+            ttl,
+        };
+        self.carry_payload(call, set).await
+    }
+
+    async fn carry_payload(&self, call: Call, payload: Payload<'_>) -> Result<Reply> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::Internal(format!(
                 "{}: the Redis L2 must be used inside a tokio runtime",
@@ -80,12 +120,11 @@ impl L2 {
             used = Some(generation);
             match conn {
                 Conn::Own(pipe) => {
-                    let mut out = Vec::new();
-                    command.encode(&mut out);
-                    pipe.request(out).await
+                    let (bytes, from) = self.encoded(payload);
+                    pipe.request(bytes, from).await
                 }
-                Conn::Single(mut c) => self.inner.through_library(&mut c, command).await,
-                Conn::Cluster(mut c) => self.inner.through_library(&mut c, command).await,
+                Conn::Single(mut c) => self.through_library(&mut c, &payload).await,
+                Conn::Cluster(mut c) => self.through_library(&mut c, &payload).await,
             }
         };
         let got = match tokio::time::timeout_at(call.deadline(), attempt).await {
@@ -99,6 +138,60 @@ impl L2 {
             }
         }
         ended.reply
+    }
+
+    /// `payload` in RESP for our own connection: the bytes and where the command starts.
+    fn encoded(&self, payload: Payload<'_>) -> (Vec<u8>, usize) {
+        match payload {
+            Payload::Command(command) => {
+                let mut out = Vec::with_capacity(command.encoded_len());
+                command.encode(&mut out);
+                (out, 0)
+            }
+            Payload::Set {
+                key,
+                mut envelope,
+                at,
+                ttl,
+            } => match self.frame_set(&mut envelope, at, key, ttl) {
+                Some(start) => (envelope, start),
+                // No room in front (not planned with `set_headroom`): encoded anew.
+                None => {
+                    let mut out = Vec::new();
+                    self.encode_set(&mut out, key, &envelope[at..], ttl);
+                    (out, 0)
+                }
+            },
+        }
+    }
+
+    /// `payload` through one of redis-rs' clients.
+    async fn through_library<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        payload: &Payload<'_>,
+    ) -> std::result::Result<Reply, Failure> {
+        let set;
+        let command = match payload {
+            Payload::Command(command) => *command,
+            Payload::Set {
+                key,
+                envelope,
+                at,
+                ttl,
+            } => {
+                set = self.set_command(key, &envelope[*at..], *ttl);
+                &set
+            }
+        };
+        let mut cmd = Cmd::new();
+        for arg in command.args() {
+            cmd.arg(arg);
+        }
+        match conn.req_packed_command(&cmd).await {
+            Ok(value) => Ok(reply_of(value)),
+            Err(e) => self.inner.translate(&e),
+        }
     }
 
     /// One request of `op` on this transport: [`L2::begin`], [`L2::carry`]; an `EVALSHA` Redis
@@ -145,36 +238,16 @@ fn reply_of(value: Value) -> Reply {
 }
 
 impl Inner {
-    /// `command` through one of redis-rs' clients.
-    async fn through_library<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        command: &Command<'_>,
-    ) -> std::result::Result<Reply, Failure> {
-        let mut cmd = Cmd::new();
-        for arg in command.args() {
-            cmd.arg(arg);
-        }
-        match conn.req_packed_command(&cmd).await {
-            Ok(value) => Ok(reply_of(value)),
-            Err(e) => self.translate(&e),
-        }
-    }
-
-    /// An I/O error while connecting, as [`Error::Unavailable`] (credentials scrubbed).
-    fn unavailable(&self, e: &std::io::Error) -> Error {
-        Error::Unavailable(scrub(&format!("{}: {e}", self.targets), &self.secrets))
-    }
-
-    /// `AUTH` and `SELECT` on a new connection, before any request: an error reply is
-    /// [`Error::Redis`] (wrong password), anything else unexpected [`Error::Unavailable`].
+    /// `AUTH` and `SELECT` on a new connection, before any request. Any failure, an error
+    /// reply included (a wrong password, a database that does not exist), is [`Failure::Broken`]:
+    /// the connection is unusable, and the breaker is told, as for `NOAUTH` on a request.
     async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         username: Option<&str>,
         password: Option<&str>,
         db: i64,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Failure> {
         let mut out = Vec::new();
         let mut expected = 0;
         match (username, password) {
@@ -198,18 +271,18 @@ impl Inner {
         stream
             .write_all(&out)
             .await
-            .map_err(|e| self.unavailable(&e))?;
-        stream.flush().await.map_err(|e| self.unavailable(&e))?;
+            .map_err(|e| self.io_failure(&e))?;
+        stream.flush().await.map_err(|e| self.io_failure(&e))?;
         let mut reader = resp::Reader::new();
         let mut chunk = [0u8; 512];
         while expected > 0 {
             match reader.next_reply() {
                 Ok(Some(resp::Reply::Simple(_))) => expected -= 1,
                 Ok(Some(resp::Reply::Error(e))) => {
-                    return Err(Error::Redis(scrub(&e, &self.secrets)));
+                    return Err(Failure::Broken(scrub(&e, &self.secrets)));
                 }
                 Ok(Some(_)) | Err(_) => {
-                    return Err(Error::Unavailable(format!(
+                    return Err(Failure::Broken(format!(
                         "{}: unexpected reply during the handshake",
                         self.targets
                     )));
@@ -218,9 +291,9 @@ impl Inner {
                     let n = stream
                         .read(&mut chunk)
                         .await
-                        .map_err(|e| self.unavailable(&e))?;
+                        .map_err(|e| self.io_failure(&e))?;
                     if n == 0 {
-                        return Err(Error::Unavailable(format!(
+                        return Err(Failure::Broken(format!(
                             "{}: connection closed during the handshake",
                             self.targets
                         )));
@@ -405,11 +478,7 @@ impl Inner {
             settings.password(),
             settings.db(),
         )
-        .await
-        .map_err(|e| match e {
-            Error::Unavailable(m) | Error::Redis(m) => Failure::Broken(m),
-            other => Failure::Broken(other.to_string()),
-        })?;
+        .await?;
         Ok(Conn::Own(Pipe::start(stream, self.max_reply_bytes)))
     }
 
