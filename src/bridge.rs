@@ -19,7 +19,7 @@ use napi::sys;
 use parking_lot::Mutex;
 
 use crate::js_entry::{self, RawValue};
-use crate::panic::{self, contained, Contained, Place};
+use crate::panic::{self, catching, contained, Place};
 use crate::{check, internal, JsResult};
 
 /// What a finished call hands back: run on the environment's thread, it makes the promise's
@@ -167,7 +167,7 @@ where
         }
     }
     let deferred = deferred as usize;
-    let fut = Contained::new(async move {
+    let fut = catching(async move {
         panic::inject(Place::Task);
         fut.await
     });

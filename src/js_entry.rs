@@ -594,7 +594,9 @@ fn build_object(env: &Env, entry: &Entry, shared: bool) -> JsResult<sys::napi_va
             crate::check(sys::napi_set_element(env.raw(), arr, i as u32, s))?;
         }
     }
-    make_entry(env, value, arr, entry, false)
+    // SAFETY: `value` (`external_buffer`/`copied_buffer`) and `arr` were created in `env`, the
+    // call's environment, just above, in this call's handle scope.
+    unsafe { make_entry(env, value, arr, entry, false) }
 }
 
 /// The object of a hit served stale because a tag of the entry was invalidated after it was
@@ -622,13 +624,18 @@ fn stale_view(env: &Env, entry: &Entry) -> JsResult<sys::napi_value> {
             &mut tags,
         ))?;
     }
-    make_entry(env, value, tags, entry, true)
+    // SAFETY: `value` and `tags` were read from `shared` in `env` just above, in this call's
+    // handle scope.
+    unsafe { make_entry(env, value, tags, entry, true) }
 }
 
 /// The entry object `{ value, tags, stale, timestamp, expire, revalidate, staleByTag }` over
-/// `value` and `tags` (created in `env` in this call's handle scope), through the factory when
-/// there is one.
-fn make_entry(
+/// `value` and `tags`, through the factory when there is one.
+///
+/// # Safety
+/// `value` and `tags` must be values of `env`, the environment of the call running on this
+/// thread, created (or fetched) in this call's handle scope.
+unsafe fn make_entry(
     env: &Env,
     value: sys::napi_value,
     tags: sys::napi_value,
@@ -656,8 +663,8 @@ fn make_entry(
     }
     // SAFETY: as above.
     crate::check(unsafe { sys::napi_get_boolean(env, stale_by_tag, &mut args[6]) })?;
-    // SAFETY: `env` as above; all seven arguments were created in it, in this call's handle
-    // scope (`value` and `tags` by the caller, the contract above).
+    // SAFETY: `env` as above; all seven arguments are values of it in this call's handle scope
+    // (`value` and `tags` by the caller's contract, the rest created above).
     if let Some(obj) = unsafe { from_factory(env, &args) } {
         return Ok(obj);
     }
@@ -703,28 +710,22 @@ pub fn lookup_value(env: &Env, lookup: Lookup) -> JsResult<RawValue> {
 thread_local! {
     /// This thread's shared set-report objects: its environment and one reference per
     /// `(l1, l2)` pair (made on first use).
-    static REPORTS: std::cell::RefCell<Option<(sys::napi_env, Vec<sys::napi_ref>)>> =
+    static REPORTS: std::cell::RefCell<Option<(sys::napi_env, [sys::napi_ref; crate::SET_REPORTS])>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// The frozen object `{ l1, l2 }` for pair `index` of `count` (one per environment and pair,
-/// shared by every set: reporting an outcome allocates nothing).
-pub fn set_report(env: &Env, index: usize, count: usize, l1: &str, l2: &str) -> JsResult<RawValue> {
+/// The frozen object `{ l1, l2 }` of outcome pair `index` (< [`crate::SET_REPORTS`]): one per
+/// environment and pair, shared by every set, so reporting an outcome allocates nothing.
+pub fn set_report(env: &Env, index: usize, l1: &str, l2: &str) -> JsResult<RawValue> {
     let raw = env.raw();
     let cached = REPORTS.with(|c| {
         let mut slot = c.borrow_mut();
-        if slot
-            .as_ref()
-            .is_none_or(|(e, refs)| *e != raw || refs.len() != count)
-        {
-            if slot.as_ref().is_none_or(|(e, _)| *e != raw) {
-                // SAFETY: `raw` is this call's environment; the hook runs at its teardown, on
-                // this thread. It is added once per env (napi aborts on a duplicate (hook, arg)
-                // pair): the slot held no table of `raw` before, and `reports_gone` clears it
-                // only at teardown.
-                unsafe { sys::napi_add_env_cleanup_hook(raw, Some(reports_gone), raw.cast()) };
-            }
-            *slot = Some((raw, vec![ptr::null_mut(); count]));
+        if slot.as_ref().is_none_or(|(e, _)| *e != raw) {
+            // SAFETY: `raw` is this call's environment; the hook runs at its teardown, on this
+            // thread. It is added once per env (napi aborts on a duplicate (hook, arg) pair): the
+            // slot held no table of `raw` before, and `reports_gone` clears it only at teardown.
+            unsafe { sys::napi_add_env_cleanup_hook(raw, Some(reports_gone), raw.cast()) };
+            *slot = Some((raw, [ptr::null_mut(); crate::SET_REPORTS]));
         }
         slot.as_ref().and_then(|(_, refs)| refs.get(index).copied())
     });

@@ -15,10 +15,8 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -100,30 +98,11 @@ pub fn contain<R>(f: impl FnOnce() -> R) -> Option<R> {
     }
 }
 
-/// A future whose panic is caught: it resolves to `Err(())` instead (counted).
-pub struct Contained<F>(futures_util::future::CatchUnwind<AssertUnwindSafe<F>>);
-
-impl<F: Future> Contained<F> {
-    /// Wraps `fut`.
-    pub fn new(fut: F) -> Self {
-        Contained(AssertUnwindSafe(fut).catch_unwind())
-    }
-}
-
-impl<F: Future> Future for Contained<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: structural pinning of the only field: `Contained` never moves it out nor hands
-        // out an unpinned `&mut` to it, has no `Drop` impl, and is `Unpin` only when the field
-        // is (the auto trait), so the field stays pinned as long as `self` is.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
-        inner.poll(cx).map(|r| {
-            r.map_err(|_| {
-                PANICS.fetch_add(1, Ordering::Relaxed);
-            })
-        })
-    }
+/// `fut`, with a panic inside it caught: it resolves to `Err(())` instead (counted).
+pub async fn catching<F: Future>(fut: F) -> Result<F::Output, ()> {
+    AssertUnwindSafe(fut).catch_unwind().await.map_err(|_| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+    })
 }
 
 /// Prints each panic's message the first time its code location panics (panics carry no
@@ -149,6 +128,7 @@ pub fn install_hook() {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::task::{Context, Poll};
 
     #[test]
     fn a_panic_is_contained_counted_and_becomes_an_internal_error() {
@@ -169,9 +149,9 @@ mod tests {
     fn a_panicking_future_resolves_to_an_error() {
         let before = PANICS.load(Ordering::Relaxed);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut fut = std::pin::pin!(Contained::new(async { panic!("boom") }));
+        let mut fut = std::pin::pin!(catching(async { panic!("boom") }));
         assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(Err::<(), ()>(())));
-        let mut ok = std::pin::pin!(Contained::new(async { 5 }));
+        let mut ok = std::pin::pin!(catching(async { 5 }));
         assert_eq!(ok.as_mut().poll(&mut cx), Poll::Ready(Ok(5)));
         assert!(PANICS.load(Ordering::Relaxed) > before);
     }

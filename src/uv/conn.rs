@@ -71,7 +71,7 @@ pub(super) struct State {
     target: &'static DirectTarget,
     link: Link,
     /// Bumped for every connection; a callback of an older one is ignored.
-    pub(super) generation: u64,
+    generation: u64,
     /// Inside [`on_poll`]'s settling: requests queue their bytes for one write at the end.
     dispatching: bool,
     /// `refreshTags` calls to hand to a runtime refresh (settled outside the state's borrow).
@@ -79,9 +79,6 @@ pub(super) struct State {
     /// Requests answered in the current callback, to settle once the state is released. Kept
     /// here rather than on the stack so that a panic mid-callback cannot lose them.
     ready: Vec<Done>,
-    /// A reply settled in this callback asked for a new connection (`READONLY`: see
-    /// [`Call::end`]): the generation to drop once the callback is done.
-    pub(super) reconnect: Option<u64>,
 }
 
 pub(super) enum Link {
@@ -122,8 +119,8 @@ pub(super) type RefreshGate = tokio::sync::MutexGuard<'static, ()>;
 pub(super) enum Made {
     /// A new request, encoded: track it.
     Request(What, Call, RawValue),
-    /// Nothing to track: the value to return (a promise that joined a request not written yet,
-    /// or one settled already, or the answer itself).
+    /// Nothing to track: the promise to return (one that joined a request not written yet, or
+    /// one settled already).
     Answer(RawValue),
 }
 
@@ -231,7 +228,6 @@ impl State {
             dispatching: false,
             to_runtime: Vec::new(),
             ready: Vec::new(),
-            reconnect: None,
         })
     }
 
@@ -397,7 +393,7 @@ impl State {
     /// Drops the connection; every read in flight fails with `why` (for [`Failure::Timeout`]:
     /// those past their deadline; the others are [`Failure::Collateral`]). The next read
     /// connects anew (once the breaker is closed), so a restarted Redis is found at once.
-    fn drop_link(&mut self, why: Failure) -> Vec<Done> {
+    pub(super) fn drop_link(&mut self, why: Failure) -> Vec<Done> {
         let now = now_ms();
         let link = std::mem::replace(
             &mut self.link,
@@ -758,14 +754,9 @@ fn finish_dispatch() {
     let (env, done, to_runtime) = match STATE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let state = slot.as_mut()?;
-        let mut done = Vec::new();
-        if state.reconnect.take() == Some(state.generation) {
-            // The server asked for it: the requests still on it say nothing about Redis.
-            done = state.drop_link(Failure::Collateral);
-        }
         state.kick_waiting_refresh();
         state.dispatching = false;
-        done.extend(state.flush());
+        let done = state.flush();
         if let Link::Up(conn) = &mut state.link {
             conn.after_settle();
         }

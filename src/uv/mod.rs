@@ -51,7 +51,6 @@ mod settle;
 use std::sync::atomic::AtomicU64;
 
 use napi::bindgen_prelude::Env;
-use napi::sys;
 
 use strata_core::cache::{GetStep, SetPlan};
 use strata_core::entry::EntryMeta;
@@ -59,7 +58,7 @@ use strata_core::entry::EntryMeta;
 use crate::js_entry::{self, Chunks, RawValue};
 use crate::{internal, Global, JsResult};
 use conn::{with_conn, Made};
-use settle::{error_value, promise, What};
+use settle::{error_value, promise, settled, What};
 
 /// Reads served by this path (all environments).
 pub(crate) static DIRECT_READS: AtomicU64 = AtomicU64::new(0);
@@ -100,12 +99,11 @@ pub(crate) fn try_get(
         };
         let call = match g.cache.start_get(&key, &soft_tags) {
             GetStep::Send(call) => call,
-            // Answered without a round trip (breaker open, strict mode unverified).
+            // Answered without a round trip (breaker open, strict mode unverified): still a
+            // promise, as `ucGetRemote` always returns.
             GetStep::Done(lookup) => {
-                return Ok(Some(Made::Answer(js_entry::lookup_value(
-                    &Env::from_raw(raw),
-                    lookup,
-                )?)))
+                let value = js_entry::lookup_value(&Env::from_raw(raw), lookup)?;
+                return Ok(Some(Made::Answer(settled(raw, Ok(value.raw()))?)));
             }
         };
         let (deferred, promise) = promise(raw)?;
@@ -200,7 +198,6 @@ pub(crate) fn try_set(
         let Some((chunks, meta)) = args.take() else {
             return Ok(None);
         };
-        let (deferred, promise) = promise(raw)?;
         // With nothing queued, a large envelope is encoded with room for the command's head in
         // front, and becomes the output buffer itself: no copy of it into `out`.
         let in_place = len > DIRECT_SET_MAX && conn.out.is_empty();
@@ -224,26 +221,19 @@ pub(crate) fn try_set(
                     }
                     None => l2.encode_set(&mut conn.out, key, &envelope[at..], ttl),
                 }
+                let (deferred, promise) = promise(raw)?;
                 let what = What::Set { deferred, l1 };
                 return Ok(Some(Made::Request(what, call, promise)));
             }
             Err(e) => {
                 // Invalid metadata: rejected, like the runtime path.
                 let err = error_value(&Env::from_raw(raw), &e);
-                // SAFETY: `raw` is the environment of the JS call running on this thread (what
-                // `with_conn` passes); `deferred` was made in it just above and is settled only
-                // here (this path returns `Answer`, so it is never tracked); `err` was just
-                // created in it.
-                unsafe { sys::napi_reject_deferred(raw, deferred, err) };
-                return Ok(Some(Made::Answer(promise)));
+                return Ok(Some(Made::Answer(settled(raw, Err(err))?)));
             }
         };
         // Nothing to write (not stored, too large) or nothing can be: settled now.
         let value = crate::set_report_value(&Env::from_raw(raw), g, report)?;
-        // SAFETY: as for the rejection above: this call's environment, a deferred made just
-        // above and settled only here, and a value just created in the environment.
-        unsafe { sys::napi_resolve_deferred(raw, deferred, value.raw()) };
-        Ok(Some(Made::Answer(promise)))
+        Ok(Some(Made::Answer(settled(raw, Ok(value.raw()))?)))
     })?;
     match (taken, args) {
         (Some(promise), _) => Ok(SetTry::Taken(promise)),

@@ -83,6 +83,26 @@ pub(super) fn promise(env: sys::napi_env) -> JsResult<(sys::napi_deferred, RawVa
     Ok((deferred, RawValue::from_raw(promise)))
 }
 
+/// A promise already settled with `outcome` (resolved with `Ok`, rejected with `Err`), in `env`
+/// (as for [`promise`]): for a request answered without a round trip, so that the export still
+/// returns a promise. The value was created in `env` during this call.
+pub(super) fn settled(
+    env: sys::napi_env,
+    outcome: Result<sys::napi_value, sys::napi_value>,
+) -> JsResult<RawValue> {
+    let (deferred, promise) = promise(env)?;
+    // SAFETY: `env` is the environment of the JS call running on this thread (as for
+    // `promise`); `deferred` was made in it just above and is settled only here, once; the
+    // value was created in it during this call (the contract above).
+    unsafe {
+        match outcome {
+            Ok(value) => sys::napi_resolve_deferred(env, deferred, value),
+            Err(error) => sys::napi_reject_deferred(env, deferred, error),
+        };
+    }
+    Ok(promise)
+}
+
 /// Settles `done`, then the `refreshTags` calls in `to_runtime` (which this path could not serve
 /// after all) with the promise of one runtime refresh. From a libuv callback (`from_loop`),
 /// inside a callback scope, so promise continuations run when it closes; from a JS call,
@@ -123,6 +143,41 @@ pub(super) fn settle(
                 == sys::Status::napi_ok
     };
     js_entry::release_pending(&env_ref);
+    let mut done = done;
+    // A reply that asks for a new connection (READONLY: see `Call::end`) drops it now, before
+    // the callback scope closes and continuations could queue requests on it; what was still
+    // on it is settled here too, as collateral.
+    while settle_done(env, &env_ref, g, done) {
+        done = STATE.with(|cell| {
+            cell.borrow_mut()
+                .as_mut()
+                .map(|state| state.drop_link(Failure::Collateral))
+                .unwrap_or_default()
+        });
+    }
+    if !to_runtime.is_empty() {
+        let value = crate::refresh_on_runtime(&env_ref, g)
+            .map_or_else(|_| undefined(&env_ref), |p| p.raw());
+        for deferred in to_runtime {
+            // SAFETY: `env` as above, inside the handle scope opened above; each deferred
+            // was made by `promise` in `env` and moved into `to_runtime` once (out of a
+            // `Conn`'s `waiting`), settled only here; `value` was just created in `env`.
+            unsafe { sys::napi_resolve_deferred(env, deferred, value) };
+        }
+    }
+    // SAFETY: `scope` and `handle_scope` were opened above in `env`, on this thread, and are
+    // closed once, innermost first.
+    unsafe {
+        if scoped {
+            sys::napi_close_callback_scope(env, scope);
+        }
+        sys::napi_close_handle_scope(env, handle_scope);
+    }
+}
+
+/// Settles each of `done` (in `settle`'s scopes); `true` when a reply asked for a new
+/// connection.
+fn settle_done(env: sys::napi_env, env_ref: &Env, g: &'static Global, done: Vec<Done>) -> bool {
     let mut reconnect = false;
     for Done {
         pending,
@@ -147,27 +202,27 @@ pub(super) fn settle(
                 deferred,
                 key,
                 soft_tags,
-            } => settle_get(&env_ref, g, deferred, &key, &soft_tags, reply),
+            } => settle_get(env_ref, g, deferred, &key, &soft_tags, reply),
             What::Refresh { deferreds, covered } => {
-                settle_refresh(&env_ref, g, deferreds, covered, reply)
+                settle_refresh(env_ref, g, deferreds, covered, reply)
             }
             What::Set { deferred, l1 } => {
                 DIRECT_WRITES.fetch_add(1, Ordering::Relaxed);
                 let value = crate::panic::contain(|| {
                     crate::panic::inject(crate::panic::Place::Settle);
                     let report = g.cache.finish_set(l1, reply);
-                    crate::set_report_value(&env_ref, g, report)
+                    crate::set_report_value(env_ref, g, report)
                 });
                 match value {
                     Some(v) => {
-                        let v = v.map_or_else(|_| undefined(&env_ref), |v| v.raw());
+                        let v = v.map_or_else(|_| undefined(env_ref), |v| v.raw());
                         // SAFETY: `env` as above, inside the handle scope opened above;
                         // `deferred` is this `What::Set`'s, made in `env`, settled once;
                         // `v` was just created in `env`.
                         unsafe { sys::napi_resolve_deferred(env, deferred, v) };
                     }
                     None => {
-                        let err = error_value(&env_ref, &crate::panic::contained_error());
+                        let err = error_value(env_ref, &crate::panic::contained_error());
                         // SAFETY: as just above; `err` was just created in `env`.
                         unsafe { sys::napi_reject_deferred(env, deferred, err) };
                     }
@@ -177,32 +232,7 @@ pub(super) fn settle(
         // The refresh is applied: other refreshes may run.
         drop(gate);
     }
-    if !to_runtime.is_empty() {
-        let value = crate::refresh_on_runtime(&env_ref, g)
-            .map_or_else(|_| undefined(&env_ref), |p| p.raw());
-        for deferred in to_runtime {
-            // SAFETY: `env` as above, inside the handle scope opened above; each deferred
-            // was made by `promise` in `env` and moved into `to_runtime` once (out of a
-            // `Conn`'s `waiting`), settled only here; `value` was just created in `env`.
-            unsafe { sys::napi_resolve_deferred(env, deferred, value) };
-        }
-    }
-    if reconnect {
-        // Dropped (and its other requests settled) once this settling is over.
-        STATE.with(|cell| {
-            if let Some(state) = cell.borrow_mut().as_mut() {
-                state.reconnect = Some(state.generation);
-            }
-        });
-    }
-    // SAFETY: `scope` and `handle_scope` were opened above in `env`, on this thread, and are
-    // closed once, innermost first.
-    unsafe {
-        if scoped {
-            sys::napi_close_callback_scope(env, scope);
-        }
-        sys::napi_close_handle_scope(env, handle_scope);
-    }
+    reconnect
 }
 
 /// Settles an entry read: the value (judged, promoted), or `null`; never a rejection.
