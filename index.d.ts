@@ -83,6 +83,12 @@ export type StrataErrorCode =
   | 'STRATA_UNAVAILABLE'
   | 'STRATA_REDIS'
   | 'STRATA_INTERNAL'
+  /** The incremental cache's `set` of a value larger than every level it could go to. */
+  | 'STRATA_TOO_LARGE'
+  /** A stored value that does not decode (counted, served as a miss; never thrown by `get`). */
+  | 'STRATA_DECODE'
+  /** No native binary for this platform (the optional platform package is missing). */
+  | 'STRATA_NO_BINARY'
 
 /** An error with a stable `code`. */
 export declare class StrataError extends Error {

@@ -111,4 +111,13 @@ describe('strata-cache doctor', () => {
     expect(r.code).toBe(2)
     expect(r.text).toContain('usage: strata-cache doctor')
   })
+
+  it('doctor(options) from code checks its options as the handlers do, and still never rejects', async () => {
+    const script = `require(${JSON.stringify(path.join(path.dirname(cli), '..', 'index.js'))})
+      .doctor({ l1MaxBytes: 'big' }).then((r) => console.log(JSON.stringify(r)), (e) => console.log(JSON.stringify({ rejected: String(e) })))`
+    const out = await new Promise((resolve) => execFile(process.execPath, ['-e', script], { env: { ...process.env, STRATA_LOG: 'silent' } }, (err, stdout) => resolve(stdout)))
+    const r = JSON.parse(out)
+    expect(r.verdict).toBe('fail')
+    expect(r.checks).toEqual([{ name: 'config', status: 'fail', detail: expect.stringContaining('l1MaxBytes') }])
+  })
 })

@@ -32,7 +32,15 @@ function checkNumber(name, v) {
   return v
 }
 
+/** The total size of a value's chunks, in bytes. */
+function byteLength(chunks) {
+  let n = 0
+  for (const c of chunks) n += c.byteLength
+  return n
+}
+
 module.exports = {
+  byteLength,
   isNil,
   isObject,
   isRecord,

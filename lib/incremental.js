@@ -36,13 +36,14 @@ const { createRequire } = require('node:module')
 
 const { encodeValue, decodeEntry, tagsOf, checkCacheControl } = require('./incremental-codec.js')
 const { StrataError, invalid, toStrataError } = require('./errors.js')
-const { isObject, isNonNegativeNumber } = require('./checks.js')
-const { log, warnOncePerCode, debug } = require('./log.js')
+const { byteLength, isObject, isNonNegativeNumber } = require('./checks.js')
+const { log, warnOncePerCode } = require('./log.js')
 const { recorder } = require('./metrics.js')
 /** What this handler shares with the 'use cache' handler: one store, one configuration. */
 const store = require('./store.js')
 
-const { native, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { native, NO_TAGS, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { readLocal, readFresh, readRemote, refreshShared } = store
 const calls = store.incrementalCalls
 
 /** Store keys of this handler start with this: the core's, which keeps them apart (L1, Redis keys, envelope kind). */
@@ -87,9 +88,10 @@ function createIncrementalCacheHandler(options) {
         // A fetch is checked against the tags of this read too (Next leaves tags out of the
         // fetch key: one URL fetched with other `next.tags` shares the entry) and the path it
         // is made under (`ctx.softTags`), as the built-in does (`ctx.tags ∪ ctx.softTags`).
-        const softTags = kind === 'FETCH' ? fetchReadTags(ctx) : []
+        const softTags = kind === 'FETCH' ? fetchReadTags(ctx) : NO_TAGS
         if (hasL2()) {
-          if (this.refreshed === undefined) this.refreshed = followLog()
+          // Once per handler object, i.e. per request.
+          if (this.refreshed === undefined) this.refreshed = refreshShared(rec)
           await this.refreshed
         }
         let hit = await lookup(storeKey, softTags)
@@ -127,18 +129,19 @@ function createIncrementalCacheHandler(options) {
         bootOnce()
         const timestamp = now()
         const subject = () => `an incremental cache entry (${key.slice(0, 80)})`
-        let l1
-        let l2 = 'none'
+        let report
         try {
-          if (hasL2()) ({ l1, l2 } = await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject))
-          else l1 = setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate)
+          report = hasL2()
+            ? await setShared(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
+            : setLocal(rec, storeKey, chunks, tags, 0, timestamp, expire, revalidate, subject)
         } catch (err) {
           throw toStrataError(err)
         }
+        const { l1, l2 } = report
         // Stored nowhere (larger than all of L1, and than l2MaxValueBytes with Redis): a typed
         // error, which Next logs ("Failed to update prerender cache"); the response is unaffected.
         if (l1.startsWith('too-large') && (l2 === 'none' || l2.startsWith('too-large'))) {
-          const size = chunks.reduce((n, c) => n + c.byteLength, 0)
+          const size = byteLength(chunks)
           const limits = hasL2()
             ? `l1MaxBytes (${store.settings().l1MaxBytes}) and l2MaxValueBytes (${store.settings().l2MaxValueBytes})`
             : `l1MaxBytes (${store.settings().l1MaxBytes})`
@@ -191,33 +194,14 @@ function fetchReadTags(ctx) {
 }
 
 /**
- * Follows the shared invalidation log (once per handler object, i.e. per request): timed and
- * reported; a failure leaves the local tag state as it is.
+ * The store's answer for `storeKey`: its entry object (`staleByTag` when a tag is stale) or
+ * null. A path invalidated after the entry was written (revalidatePath, a soft tag) makes it a
+ * miss, with or without Redis.
  */
-function followLog() {
-  const t0 = performance.now()
-  return native.ucRefreshTags().then(() => rec.refreshTags(t0), (err) => rec.refreshTags(t0, err))
-}
-
-/** The store's answer for `storeKey`: its entry object (`staleByTag` when a tag is stale) or null. */
-async function lookup(storeKey, softTags) {
-  if (hasL2()) {
-    let hit = native.ucGetFresh(storeKey, softTags)
-    if (hit === null) {
-      // It asks Redis: timed from here (an L1 hit never reads the clock).
-      const t0 = performance.now()
-      hit = await native.ucGetRemote(storeKey, softTags)
-      rec.l2Get(t0, storeKey, hit)
-    } else if (debug.on) {
-      rec.l1Get(storeKey, hit, true)
-    }
-    return hit
-  }
-  // A path invalidated after the entry was written (revalidatePath, a soft tag) makes it a
-  // miss, as with L2. (No soft tags: none passed, cheaper to convert than an empty array.)
-  const hit = native.ucGet(storeKey, softTags.length > 0 ? softTags : undefined)
-  if (debug.on) rec.l1Get(storeKey, hit, false)
-  return hit
+function lookup(storeKey, softTags) {
+  if (!hasL2()) return readLocal(rec, storeKey, softTags)
+  const hit = readFresh(rec, storeKey, softTags)
+  return hit !== null ? hit : readRemote(rec, storeKey, softTags)
 }
 
 /**

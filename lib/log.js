@@ -53,4 +53,9 @@ function warnOncePerCode(id, message, err) {
   logOnce('warn', `${id}:${e.code}`, message, e)
 }
 
-module.exports = { log, logOnce, warnOncePerCode, debug, debugEnabled }
+/** A key as a log line shows it: quoted (control characters escaped) and cut at 64 characters. */
+function shortKey(key) {
+  return key.length <= 64 ? JSON.stringify(key) : `${JSON.stringify(key.slice(0, 64))}… (${key.length} chars)`
+}
+
+module.exports = { log, logOnce, warnOncePerCode, debug, debugEnabled, shortKey }

@@ -9,7 +9,8 @@
  * Redis. A get the addon answers at once (an L1 hit, or a miss without Redis) never reads the
  * clock: it costs the handler a test of `debug.on` and, with debug on, a line.
  */
-const { log, debugEnabled } = require('./log.js')
+const { log, debugEnabled, shortKey } = require('./log.js')
+const { byteLength } = require('./checks.js')
 const { recordDuration } = require('./otel.js')
 
 /**
@@ -103,11 +104,6 @@ function latencyStats() {
 /** The ms since `t0` (a `performance.now()`), at 0.001 ms in a log line. */
 const msSince = (t0) => performance.now() - t0
 const fmtMs = (ms) => `${ms.toFixed(3)} ms`
-
-/** A key as a log line shows it: quoted (control characters escaped) and cut at 64 characters. */
-function shortKey(key) {
-  return key.length <= 64 ? JSON.stringify(key) : `${JSON.stringify(key.slice(0, 64))}… (${key.length} chars)`
-}
 
 /** Tags as a log line shows them: the first 8, each cut at 64 characters. */
 function shortTags(tags) {
@@ -214,12 +210,6 @@ function recorder(handler, keyPrefix = '') {
       line(`seed ${shortKey(key)}: ${found ? 'read from the build output into L1' : `none${why}`} ${fmtMs(msSince(t0))}`)
     },
   }
-}
-
-function byteLength(chunks) {
-  let n = 0
-  for (const c of chunks) n += c.byteLength
-  return n
 }
 
 module.exports = { recorder, latencyStats, LatencyHistogram, BUCKETS_MS }

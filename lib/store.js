@@ -9,8 +9,8 @@
 const native = require('./native.js')
 
 const { invalid, toStrataError } = require('./errors.js')
-const { isNil, isObject, isNonNegativeNumber, checkTags } = require('./checks.js')
-const { log, logOnce, debug } = require('./log.js')
+const { byteLength, isNil, isObject, isNonNegativeNumber, checkTags } = require('./checks.js')
+const { log, logOnce, warnOncePerCode, debug } = require('./log.js')
 const { validateOptions } = require('./options.js')
 const { latencyStats } = require('./metrics.js')
 const { startOtel } = require('./otel.js')
@@ -96,24 +96,93 @@ function beginSet(storeKey) {
   }
 }
 
+/**
+ * Without Redis, the whole read of `storeKey` from L1 (the entry object, or null), judged with
+ * `softTags` (none: null), reported by `rec` when debugging.
+ */
+function readLocal(rec, storeKey, softTags) {
+  // No soft tags: nothing passed, which the addon converts faster than an empty array.
+  const hit = native.ucGet(storeKey, softTags !== null && softTags.length > 0 ? softTags : undefined)
+  if (debug.on) rec.l1Get(storeKey, hit, false)
+  return hit
+}
+
+/**
+ * With Redis, the first step of a read: a fresh L1 copy of `storeKey`, or null, and then the
+ * read goes to Redis (`readRemote`): a stale or soft-tag-expired copy may have been regenerated
+ * by another instance already.
+ */
+function readFresh(rec, storeKey, softTags) {
+  const hit = native.ucGetFresh(storeKey, softTags)
+  if (hit !== null && debug.on) rec.l1Get(storeKey, hit, true)
+  return hit
+}
+
+/**
+ * The read from Redis after `readFresh` returned null: the newer of the L1 and L2 copies, or
+ * null. The request is on its way when this returns; timed from here and reported by `rec`
+ * (an L1 hit never reads the clock).
+ */
+function readRemote(rec, storeKey, softTags) {
+  const t0 = performance.now()
+  return native.ucGetRemote(storeKey, softTags).then((hit) => {
+    rec.l2Get(t0, storeKey, hit)
+    return hit
+  })
+}
+
+/**
+ * Follows the shared invalidation log (one round trip, usually empty), timed and reported by
+ * `rec`. Never rejects: Next calls it before a request's first read, and a rejection would fail
+ * the request. When the shared tag state cannot be read the instance keeps its mirror (in
+ * strict mode reads then miss until a refresh succeeds), and says so once.
+ */
+async function refreshShared(rec) {
+  const t0 = performance.now()
+  try {
+    await native.ucRefreshTags()
+    rec.refreshTags(t0)
+  } catch (err) {
+    rec.refreshTags(t0, err)
+    warnOncePerCode('refreshTags', 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', err)
+  }
+}
+
 /** A value's chunks as they cross into the addon: one as itself (no copy), several as a list it joins. */
 const bytesOf = (chunks) => (chunks.length === 1 ? chunks[0] : chunks)
 
 /**
- * Writes an entry (its value as chunks) to this instance's L1 only; returns what L1 did with it.
- * `rec` (lib/metrics.js) reports it as a handler's set; null for an insert that is not one (a
- * build seed).
+ * Writes an entry (its value as chunks) to this instance's L1 only; returns what L1 did with it,
+ * the addon's `SetReport` (`{ l1, l2: 'none' }`). `rec` (lib/metrics.js) reports it as a
+ * handler's set; null for an insert that is not one (a build seed). Warns as `setShared` does.
  */
-function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate) {
-  const outcome = native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate).l1
-  if (debug.on && rec !== null) rec.l1Set(storeKey, chunks, outcome)
-  return outcome
+function setLocal(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
+  const report = native.ucSet(storeKey, bytesOf(chunks), tags, stale, timestamp, expire, revalidate)
+  if (debug.on && rec !== null) rec.l1Set(storeKey, chunks, report.l1)
+  warnUnstored(report, chunks, subject)
+  return report
+}
+
+/**
+ * What a write left undone, warned once each (the core says when it is the first time in the
+ * process, for every handler at once): too large for all of L1, too large for Redis, or
+ * Redis did not take it. `subject()` names the entry.
+ */
+function warnUnstored(report, chunks, subject = () => 'an entry') {
+  if (report.l1 === 'too-large-first') {
+    log('warn', `${subject()} of ${byteLength(chunks)} bytes is larger than the whole L1 (${resolved.l1MaxBytes} bytes) and was not stored; raise l1MaxBytes / STRATA_L1_MAX_BYTES (warned once)`)
+  }
+  if (report.l2 === 'too-large-first') {
+    log('warn', `${subject()} of ${byteLength(chunks)} bytes is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
+  } else if (report.l2 === 'failed') {
+    logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
+  }
 }
 
 /**
  * Writes an entry (its value as chunks) to L1 and Redis, timed and reported by `rec`
- * (lib/metrics.js); warns when Redis did not take it (`subject()` names the entry). Resolves
- * with what L1 and Redis did with it: the addon's `SetReport`, `{ l1, l2 }`.
+ * (lib/metrics.js); warns what was left undone (`warnUnstored`). Resolves with what L1 and
+ * Redis did with it: the addon's `SetReport`, `{ l1, l2 }`.
  */
 async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, revalidate, subject) {
   const t0 = performance.now()
@@ -125,11 +194,7 @@ async function setShared(rec, storeKey, chunks, tags, stale, timestamp, expire, 
     throw err
   }
   rec.l2Set(t0, storeKey, chunks, report.l1, report.l2)
-  if (report.l2 === 'too-large-first') {
-    log('warn', `${subject()} is larger than l2MaxValueBytes (${resolved.l2MaxValueBytes}) and stays in this instance's L1 only (warned once)`)
-  } else if (report.l2 === 'failed') {
-    logOnce('warn', 'l2-write-failed', 'a write to Redis failed (timeout or unavailable); the entry stays L1-only (logged once)')
-  }
+  warnUnstored(report, chunks, subject)
   return report
 }
 
@@ -226,7 +291,15 @@ async function flush({ timeoutMs = 5000 } = {}) {
  * status, detail }] }`. Never rejects; credentials never appear. See `strata-cache doctor`.
  */
 async function doctor(options) {
-  return native.doctor(options ? { ...options } : undefined)
+  let checked
+  try {
+    // The handlers' own check: an option of the wrong type or an unknown name is reported,
+    // not passed on for the addon to throw at.
+    checked = validateOptions(options)
+  } catch (err) {
+    return { verdict: 'fail', checks: [{ name: 'config', status: 'fail', detail: err.message }] }
+  }
+  return native.doctor(checked)
 }
 
 /** The configuration in effect (Redis URL redacted), or null before first use. */
@@ -240,6 +313,10 @@ const NO_TAGS = Object.freeze([])
 module.exports = {
   native,
   NO_TAGS,
+  readLocal,
+  readFresh,
+  readRemote,
+  refreshShared,
   calls,
   incrementalCalls,
   hasL2,

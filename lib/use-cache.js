@@ -8,11 +8,12 @@
  */
 const { StrataError, invalid, toStrataError } = require('./errors.js')
 const { isStringArray, isObject, isBytes, checkTags, checkNumber } = require('./checks.js')
-const { log, warnOncePerCode, debug } = require('./log.js')
+const { log, warnOncePerCode, shortKey } = require('./log.js')
 const { recorder } = require('./metrics.js')
 const store = require('./store.js')
 
-const { native, NO_TAGS, calls, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { NO_TAGS, calls, hasL2, pendingSet, beginSet, setLocal, setShared } = store
+const { readLocal, readFresh, readRemote, refreshShared } = store
 /** Latency, OpenTelemetry and debug lines of this handler's operations (lib/metrics.js). */
 const rec = recorder('useCache')
 
@@ -41,12 +42,10 @@ function createUseCacheHandler(options) {
           // instance may have regenerated it already. Only a fresh L1 copy is a hit here; for
           // anything else the read goes to Redis.
           const soft = isStringArray(softTags) ? softTags : NO_TAGS
-          hit = native.ucGetFresh(cacheKey, soft)
+          hit = readFresh(rec, cacheKey, soft)
           if (hit === null) {
-            // Timed from here: the clock is read only on this path, never on an L1 hit.
-            const t0 = performance.now()
             // The request is on its way to Redis when this returns.
-            const reply = native.ucGetRemote(cacheKey, soft)
+            const reply = readRemote(rec, cacheKey, soft)
             // Alone, a read builds its stream during the round trip, while the thread would
             // otherwise wait (on a miss it is dropped unused). With other reads in flight the
             // thread is busy anyway, and a stream built early costs more than one built after
@@ -59,18 +58,14 @@ function createUseCacheHandler(options) {
             } finally {
               readsInFlight--
             }
-            rec.l2Get(t0, cacheKey, hit)
             if (hit !== null && controller !== undefined) {
               controller.enqueue(hit.value)
               controller.close()
             }
-          } else if (debug.on) {
-            rec.l1Get(cacheKey, hit, true)
           }
         } else {
           // Next checks the soft tags of a 'use cache' entry itself (getExpiration).
-          hit = native.ucGet(cacheKey)
-          if (debug.on) rec.l1Get(cacheKey, hit, false)
+          hit = readLocal(rec, cacheKey, null)
         }
         if (hit === null) return undefined
         return {
@@ -98,7 +93,7 @@ function createUseCacheHandler(options) {
         try {
           entry = await pendingEntry
         } catch (err) {
-          log('debug', `set(${cacheKey.slice(0, 80)}): the entry promise rejected; nothing stored`, err)
+          log('debug', `set(${shortKey(cacheKey)}): the entry promise rejected; nothing stored`, err)
           return
         }
         if (!isObject(entry)) throw invalid('pendingEntry', 'a promise of a cache entry object', entry)
@@ -123,21 +118,15 @@ function createUseCacheHandler(options) {
         } catch (err) {
           if (err instanceof StrataError) throw err
           // The render errored mid-stream: partial data is never stored.
-          log('debug', `set(${cacheKey.slice(0, 80)}): the value stream errored; nothing stored`, err)
+          log('debug', `set(${shortKey(cacheKey)}): the value stream errored; nothing stored`, err)
           return
         }
         bootOnce()
-        const subject = () => `an entry of ${chunks.reduce((n, c) => n + c.byteLength, 0)} bytes`
-        let outcome
         try {
-          outcome = hasL2()
-            ? (await setShared(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate, subject)).l1
-            : setLocal(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
+          if (hasL2()) await setShared(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
+          else setLocal(rec, cacheKey, chunks, tags, stale, timestamp, expire, revalidate)
         } catch (err) {
           throw toStrataError(err)
-        }
-        if (outcome === 'too-large-first') {
-          log('warn', `${subject()} is larger than the whole L1 (${store.settings().l1MaxBytes} bytes) and was not stored; raise l1MaxBytes / STRATA_L1_MAX_BYTES (warned once)`)
         }
       } finally {
         endSet()
@@ -146,21 +135,10 @@ function createUseCacheHandler(options) {
 
     async refreshTags() {
       calls.refreshTags++
-      // Never rejects: Next calls it before a request's first read, and a rejection would fail
-      // the request. When the shared tag state cannot be read the instance keeps its mirror (in
-      // strict mode reads then miss until a refresh succeeds).
+      // Never rejects (see `refreshShared`), not even when the store cannot start.
       try {
         bootOnce()
-        if (hasL2()) {
-          const t0 = performance.now()
-          try {
-            await native.ucRefreshTags()
-          } catch (err) {
-            rec.refreshTags(t0, err)
-            throw err
-          }
-          rec.refreshTags(t0)
-        }
+        if (hasL2()) await refreshShared(rec)
       } catch (err) {
         warnOncePerCode('refreshTags', 'refreshTags could not read the shared tag state (Redis slow or down); serving from local state', err)
       }
@@ -171,7 +149,7 @@ function createUseCacheHandler(options) {
       checkTags('tags', tags)
       try {
         bootOnce()
-        return native.ucGetExpiration(tags)
+        return store.native.ucGetExpiration(tags)
       } catch (err) {
         throw toStrataError(err)
       }
