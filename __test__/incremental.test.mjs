@@ -19,7 +19,7 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import zlib from 'node:zlib'
+import { withPayload } from './helpers/envelope.mjs'
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startChild } from './helpers/child-protocol.mjs'
@@ -67,12 +67,15 @@ async function startInstance(env) {
 }
 
 
-/** Polls `get` until `accept(result)` or the deadline; returns the last result. */
+/** Polls `read` until `accept(result)` and returns that result; fails with the last one seen after the deadline. */
 async function eventually(read, accept, deadlineMs = CROSS_DEADLINE_MS) {
   const deadline = Date.now() + deadlineMs
   for (;;) {
     const got = await read()
-    if (accept(got) || Date.now() > deadline) return got
+    if (accept(got)) return got
+    if (Date.now() > deadline) {
+      throw new Error(`not within ${deadlineMs} ms; last: ${String(JSON.stringify(got)).slice(0, 300)}`)
+    }
     await new Promise((r) => setTimeout(r, 20))
   }
 }
@@ -732,23 +735,6 @@ for (const mode of modes) {
       })
     }
   })
-}
-
-/** `envelope` (core/src/envelope.rs, version 1) with its payload replaced, uncompressed, resealed. */
-function withPayload(envelope, payload) {
-  let at = 47
-  at += 4 + envelope.readUInt32LE(at) // key
-  const tagCount = envelope.readUInt32LE(at)
-  at += 4
-  for (let i = 0; i < tagCount; i++) at += 4 + envelope.readUInt32LE(at)
-  at += 4 + envelope.readUInt32LE(at) // extra
-  const head = Buffer.from(envelope.subarray(0, at))
-  head[5] &= ~1 // not LZ4
-  const len = Buffer.alloc(4)
-  len.writeUInt32LE(payload.length)
-  const body = Buffer.concat([head, len, payload, Buffer.alloc(4)])
-  body.writeUInt32LE(zlib.crc32(body.subarray(0, body.length - 4)), body.length - 4)
-  return body
 }
 
 // ---------------------------------------------------------------------------------------------

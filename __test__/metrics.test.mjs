@@ -279,6 +279,7 @@ describe('with Redis', () => {
       expect(latency.incremental.get.l2Miss.count).toBe(1)
       await expect(c.call('collect')).rejects.toThrow(/STRATA_TEST_OTEL/)
       // The start-up line only: nothing about OpenTelemetry, no warning.
+      expect(c.lines.some((l) => l.includes('Redis L2'))).toBe(true) // the output was captured
       expect(c.lines.filter((l) => !l.includes('Redis L2'))).toEqual([])
     } finally {
       rmSync(root, { recursive: true, force: true })

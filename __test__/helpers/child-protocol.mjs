@@ -5,6 +5,16 @@ import { spawn } from 'node:child_process'
 import readline from 'node:readline'
 
 /** Child side: answers requests with `ops[op](args)` until stdin closes, then exits. */
+/** A value as Next hands it to a handler's `set`: a stream of one chunk. */
+export const streamOf = (buf) => new ReadableStream({ start(c) { c.enqueue(buf); c.close() } })
+
+/** Everything a stream (a handler's `get` value) carries, as one Buffer. */
+export async function readAll(stream) {
+  const parts = []
+  for await (const c of stream) parts.push(Buffer.from(c))
+  return Buffer.concat(parts)
+}
+
 export function serve(ops) {
   const rl = readline.createInterface({ input: process.stdin })
   rl.on('line', async (line) => {

@@ -10,7 +10,7 @@
 // makes one per request); `handlerCtx` is the constructor's context (`serverDistDir`, `dev`).
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { serve } from './child-protocol.mjs'
+import { readAll, serve, streamOf } from './child-protocol.mjs'
 
 // ---------------------------------------------------------------------------------------------
 // The wire format (plain JSON plus `{ $t: … }` markers)
@@ -57,12 +57,6 @@ async function main() {
   const now = () => performance.timeOrigin + performance.now()
   const handlerCtxOf = (handlerCtx) => fromWire(handlerCtx) ?? {}
 
-  const streamOf = (buf) => new ReadableStream({ start(c) { c.enqueue(buf); c.close() } })
-  async function readAll(stream) {
-    const parts = []
-    for await (const c of stream) parts.push(Buffer.from(c))
-    return Buffer.concat(parts)
-  }
 
   const ops = {
     // `set` on a new handler object; { before, after }: this process's clock around the call.

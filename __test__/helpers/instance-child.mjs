@@ -2,7 +2,7 @@
 // line), so tests can run several instances the way several pods would.
 //   request:  { id, op, args }     response: { id, ok: true, result } | { id, ok: false, error: { code, message } }
 import { createRequire } from 'node:module'
-import { serve } from './child-protocol.mjs'
+import { readAll, serve, streamOf } from './child-protocol.mjs'
 
 const require = createRequire(import.meta.url)
 const { createUseCacheHandler, stats, config, flush } = require('strata-cache')
@@ -10,20 +10,10 @@ const handler = createUseCacheHandler()
 const skew = Number(process.env.STRATA_TEST_CLOCK_SKEW_MS || 0)
 const now = () => performance.timeOrigin + performance.now() + skew
 
-function streamOf(buf) {
-  return new ReadableStream({ start(c) { c.enqueue(buf); c.close() } })
-}
-
 function pattern(size, seed, repeat) {
   const b = Buffer.allocUnsafe(size)
   for (let i = 0; i < size; i++) b[i] = (seed + (repeat ? i % repeat : i)) % 251
   return b
-}
-
-async function readAll(stream) {
-  const parts = []
-  for await (const c of stream) parts.push(Buffer.from(c))
-  return Buffer.concat(parts)
 }
 
 const ops = {

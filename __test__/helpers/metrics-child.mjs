@@ -9,7 +9,7 @@
 //   repository, by its name), e.g. a copy where `@opentelemetry/api` does not resolve.
 import { createRequire } from 'node:module'
 import path from 'node:path'
-import { serve } from './child-protocol.mjs'
+import { readAll, serve, streamOf } from './child-protocol.mjs'
 
 const require = createRequire(import.meta.url)
 
@@ -47,13 +47,7 @@ const { createUseCacheHandler, stats } = require(dir ? path.join(dir, 'index.js'
 const Incremental = require(dir ? path.join(dir, 'incremental.js') : 'strata-cache/incremental')
 const useCache = createUseCacheHandler()
 const now = () => performance.timeOrigin + performance.now()
-const streamOf = (buf) => new ReadableStream({ start(c) { c.enqueue(buf); c.close() } })
-
-async function readAll(stream) {
-  const parts = []
-  for await (const c of stream) parts.push(Buffer.from(c))
-  return Buffer.concat(parts).toString('utf8')
-}
+const readText = async (stream) => (await readAll(stream)).toString('utf8')
 
 serve({
   /** Where `@opentelemetry/api` resolves from the package's lib/ (null: it does not). */
@@ -70,7 +64,7 @@ serve({
   },
   async ucGet({ key, softTags = [] }) {
     const e = await useCache.get(key, softTags)
-    return e ? readAll(e.value) : null
+    return e ? readText(e.value) : null
   },
   async ucRefreshTags() { await useCache.refreshTags() },
   async ucUpdateTags({ tags, durations }) { await useCache.updateTags(tags, durations) },
