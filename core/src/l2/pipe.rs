@@ -212,21 +212,40 @@ mod tests {
 
     type Pending = tokio::task::JoinHandle<std::result::Result<Reply, Failure>>;
 
-    /// Sends `command` on `pipe` from a task of its own.
-    fn send(pipe: &Pipe, command: &'static [u8]) -> Pending {
-        let pipe = pipe.clone();
-        tokio::spawn(async move { pipe.request(command.to_vec(), 0).await })
+    /// A pipe to an in-memory "server" whose end the test drives.
+    fn connected() -> (Pipe, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        (Pipe::start(client, 1024), server)
+    }
+
+    /// Sends `bytes[from..]` on `pipe` from a task of its own, once the server has read exactly
+    /// that command.
+    async fn send_from(
+        pipe: &Pipe,
+        server: &mut tokio::io::DuplexStream,
+        bytes: Vec<u8>,
+        from: usize,
+    ) -> Pending {
+        let expected = bytes[from..].to_vec();
+        let task = {
+            let pipe = pipe.clone();
+            tokio::spawn(async move { pipe.request(bytes, from).await })
+        };
+        let mut got = vec![0u8; expected.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        task
+    }
+
+    async fn send(pipe: &Pipe, server: &mut tokio::io::DuplexStream, command: &[u8]) -> Pending {
+        send_from(pipe, server, command.to_vec(), 0).await
     }
 
     #[tokio::test]
     async fn replies_are_matched_in_order_and_a_stray_one_ends_the_connection() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
-        let pipe = Pipe::start(client, 1024);
-        let a = send(&pipe, b"*1\r\n$1\r\na\r\n");
-        let mut got = vec![0u8; 11];
-        server.read_exact(&mut got).await.unwrap();
-        let b = send(&pipe, b"*1\r\n$1\r\nb\r\n");
-        server.read_exact(&mut got).await.unwrap();
+        let (pipe, mut server) = connected();
+        let a = send(&pipe, &mut server, b"*1\r\n$1\r\na\r\n").await;
+        let b = send(&pipe, &mut server, b"*1\r\n$1\r\nb\r\n").await;
         // Both answers in one write, in order.
         server.write_all(b"$1\r\nA\r\n:2\r\n").await.unwrap();
         assert_eq!(
@@ -235,8 +254,7 @@ mod tests {
         );
         assert_eq!(b.await.unwrap().unwrap(), Reply::Int(2));
         // A reply nobody asked for: the connection ends, this request and later ones fail.
-        let c = send(&pipe, b"*1\r\n$1\r\nc\r\n");
-        server.read_exact(&mut got).await.unwrap();
+        let c = send(&pipe, &mut server, b"*1\r\n$1\r\nc\r\n").await;
         server.write_all(b"+OK\r\n+EXTRA\r\n").await.unwrap();
         assert_eq!(c.await.unwrap().unwrap(), Reply::Simple("OK".into()));
         let late = pipe.request(b"*1\r\n$1\r\nd\r\n".to_vec(), 0).await;
@@ -245,11 +263,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_over_the_bound_ends_the_connection_before_it_is_buffered() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
-        let pipe = Pipe::start(client, 1024);
-        let r = send(&pipe, b"*1\r\n$1\r\nx\r\n");
-        let mut got = vec![0u8; 11];
-        server.read_exact(&mut got).await.unwrap();
+        let (pipe, mut server) = connected();
+        let r = send(&pipe, &mut server, b"*1\r\n$1\r\nx\r\n").await;
         server.write_all(b"$524288000\r\n").await.unwrap();
         let e = r.await.unwrap().unwrap_err();
         assert!(
@@ -260,11 +275,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_server_closing_fails_what_waits_and_what_comes_after() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
-        let pipe = Pipe::start(client, 1024);
-        let r = send(&pipe, b"*1\r\n$1\r\nx\r\n");
-        let mut got = vec![0u8; 11];
-        server.read_exact(&mut got).await.unwrap();
+        let (pipe, mut server) = connected();
+        let r = send(&pipe, &mut server, b"*1\r\n$1\r\nx\r\n").await;
         drop(server);
         let e = r.await.unwrap().unwrap_err();
         assert!(
@@ -277,17 +289,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_is_written_from_its_offset() {
-        let (client, mut server) = tokio::io::duplex(1 << 16);
-        let pipe = Pipe::start(client, 1024);
+        let (pipe, mut server) = connected();
         let mut framed = b"spare room".to_vec();
         framed.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
-        let r = {
-            let pipe = pipe.clone();
-            tokio::spawn(async move { pipe.request(framed, 10).await })
-        };
-        let mut got = vec![0u8; 14];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, b"*1\r\n$4\r\nPING\r\n");
+        // The server reads the command alone, not the room in front of it.
+        let r = send_from(&pipe, &mut server, framed, 10).await;
         server.write_all(b"+PONG\r\n").await.unwrap();
         assert_eq!(r.await.unwrap().unwrap(), Reply::Simple("PONG".into()));
     }
